@@ -1,0 +1,688 @@
+//! The effective configuration, read once from the environment at startup.
+//!
+//! Parsing works on any list of `(name, value)` pairs rather than on the process environment,
+//! so tests describe an environment as data and never call `set_var`. Validation collects every
+//! problem instead of stopping at the first: an operator whose `docker service update` was
+//! rejected should be able to fix it in one go.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::http::uri::{Authority, Uri};
+use serde::Deserialize;
+
+/// Colors used when `COLORS` is unset: the blue/green pair of the classic walkthrough.
+pub const DEFAULT_COLORS: &[&str] = &["blue", "green"];
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Docker waits 10 s (`stop_grace_period`) before SIGKILL; 8 s of drain leaves time to exit.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
+const DEFAULT_LOG_FILTER: &str = "info";
+
+/// Variables with a fixed meaning; a color whose variable would collide with one is rejected.
+const RESERVED: &[&str] = &[
+    "COLORS",
+    "LISTEN",
+    "CONNECT_TIMEOUT",
+    "REQUEST_TIMEOUT",
+    "DRAIN_TIMEOUT",
+    "LOG_FORMAT",
+    "RUST_LOG",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+    /// Configured colors in `COLORS` order; colors whose URL variable is unset are absent.
+    pub colors: Vec<Color>,
+    /// `*_WEIGHT` variables that belong to no configured color: worth a warning, since a typo
+    /// (`GREN_WEIGHT`) would otherwise silently leave the default weight in place.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Color {
+    /// Lowercase name, as sent in the `Color` header.
+    pub name: String,
+    pub upstream: Upstream,
+    pub weight: u32,
+}
+
+/// Where a color's traffic goes: `http://host[:port][/base]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// The URL as the operator wrote it, for tables and logs.
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    /// `host:port`, ready for request URIs.
+    pub authority: Authority,
+    /// Path prefix without a trailing slash; empty when the URL has no path.
+    pub base_path: String,
+}
+
+/// One thing wrong with the environment, naming the variable, its value and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub var: String,
+    pub value: String,
+    pub expected: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={:?}: {}", self.var, self.value, self.expected)
+    }
+}
+
+/// Every problem found in the environment, in a stable order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError(pub Vec<Problem>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration ({} problem", self.0.len())?;
+        if self.0.len() != 1 {
+            f.write_str("s")?;
+        }
+        f.write_str("):")?;
+        for p in &self.0 {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The fixed-name settings; envy maps `CONNECT_TIMEOUT` to `connect_timeout`. Values stay
+/// strings here so that each can be validated on its own and reported with its name.
+#[derive(Debug, Default, Deserialize)]
+struct Settings {
+    colors: Option<String>,
+    listen: Option<String>,
+    connect_timeout: Option<String>,
+    request_timeout: Option<String>,
+    drain_timeout: Option<String>,
+    log_format: Option<String>,
+    rust_log: Option<String>,
+}
+
+impl Config {
+    /// Reads the process environment. Variables that are not valid Unicode are reported by
+    /// name rather than skipped.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let mut vars = Vec::new();
+        let mut problems = Vec::new();
+        for (name, value) in std::env::vars_os() {
+            match (name.into_string(), value.into_string()) {
+                (Ok(n), Ok(v)) => vars.push((n, v)),
+                (Ok(n), Err(v)) if is_relevant(&n) => problems.push(Problem {
+                    var: n,
+                    value: v.to_string_lossy().into_owned(),
+                    expected: "expected valid UTF-8".into(),
+                }),
+                _ => {}
+            }
+        }
+        let parsed = Config::from_vars(vars);
+        if problems.is_empty() {
+            return parsed;
+        }
+        if let Err(ConfigError(more)) = parsed {
+            problems.extend(more);
+        }
+        Err(ConfigError(problems))
+    }
+
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let env: BTreeMap<String, String> = vars
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        // Every field is an optional string, so deserialising cannot fail on values.
+        let settings: Settings =
+            envy::from_iter(env.iter().map(|(k, v)| (k.clone(), v.clone()))).unwrap_or_default();
+        let mut problems = Vec::new();
+
+        let listen = match &settings.listen {
+            None => DEFAULT_LISTEN.parse().expect("default listen address"),
+            Some(v) => v.trim().parse().unwrap_or_else(|_| {
+                problems.push(problem(
+                    "LISTEN",
+                    v,
+                    "expected ip:port, e.g. 0.0.0.0:8080 or [::]:8080",
+                ));
+                DEFAULT_LISTEN.parse().expect("default listen address")
+            }),
+        };
+        let connect_timeout = duration(
+            "CONNECT_TIMEOUT",
+            &settings.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT,
+            false,
+            &mut problems,
+        );
+        let request_timeout = duration(
+            "REQUEST_TIMEOUT",
+            &settings.request_timeout,
+            DEFAULT_REQUEST_TIMEOUT,
+            false,
+            &mut problems,
+        );
+        let drain_timeout = duration(
+            "DRAIN_TIMEOUT",
+            &settings.drain_timeout,
+            DEFAULT_DRAIN_TIMEOUT,
+            true,
+            &mut problems,
+        );
+        let log_format = match settings.log_format.as_deref().map(str::trim) {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(_) => {
+                let v = settings.log_format.as_deref().unwrap_or_default();
+                problems.push(problem("LOG_FORMAT", v, "expected text or json"));
+                LogFormat::Text
+            }
+        };
+        let log_filter = match &settings.rust_log {
+            None => DEFAULT_LOG_FILTER.to_string(),
+            Some(v) => {
+                if let Err(e) = tracing_subscriber::EnvFilter::try_new(v) {
+                    problems.push(problem(
+                        "RUST_LOG",
+                        v,
+                        &format!("expected a log filter such as info or colorproxy=debug ({e})"),
+                    ));
+                }
+                v.clone()
+            }
+        };
+
+        let names = color_names(settings.colors.as_deref(), &mut problems);
+        let mut colors = Vec::new();
+        for name in &names {
+            let var = name.to_uppercase();
+            let weight_var = format!("{var}_WEIGHT");
+            let weight = match env.get(&weight_var) {
+                None => 1,
+                Some(v) => v.trim().parse::<u32>().unwrap_or_else(|_| {
+                    problems.push(problem(
+                        &weight_var,
+                        v,
+                        "expected a non-negative integer weight, e.g. 4",
+                    ));
+                    1
+                }),
+            };
+            let Some(url) = env.get(&var) else { continue };
+            match parse_upstream(url) {
+                Ok(upstream) => colors.push(Color {
+                    name: name.clone(),
+                    upstream,
+                    weight,
+                }),
+                Err(expected) => problems.push(problem(&var, url, &expected)),
+            }
+        }
+        if !colors.is_empty() && colors.iter().all(|c| c.weight == 0) {
+            let vars: Vec<String> = colors
+                .iter()
+                .map(|c| format!("{}_WEIGHT", c.name.to_uppercase()))
+                .collect();
+            problems.push(problem(
+                &vars.join(","),
+                "0",
+                "expected at least one configured color with a weight above 0",
+            ));
+        }
+
+        let known: HashSet<String> = names
+            .iter()
+            .map(|n| format!("{}_WEIGHT", n.to_uppercase()))
+            .collect();
+        let configured: HashSet<&str> = colors.iter().map(|c| c.name.as_str()).collect();
+        let mut warnings = Vec::new();
+        for (k, _) in env.iter().filter(|(k, _)| k.ends_with("_WEIGHT")) {
+            let color = k.trim_end_matches("_WEIGHT").to_lowercase();
+            if !known.contains(k) {
+                warnings.push(format!(
+                    "{k} is set but {color} is not a color (COLORS={}); it is ignored",
+                    names.join(",")
+                ));
+            } else if !configured.contains(color.as_str()) {
+                warnings.push(format!(
+                    "{k} is set but {} is not, so {color} is not configured",
+                    color.to_uppercase()
+                ));
+            }
+        }
+
+        if !problems.is_empty() {
+            return Err(ConfigError(problems));
+        }
+        Ok(Config {
+            listen,
+            connect_timeout,
+            request_timeout,
+            drain_timeout,
+            log_format,
+            log_filter,
+            colors,
+            warnings,
+        })
+    }
+
+    /// Sum of the configured weights: shares are `weight / total_weight`.
+    pub fn total_weight(&self) -> u64 {
+        self.colors.iter().map(|c| u64::from(c.weight)).sum()
+    }
+
+    /// The effective routing table, as `colorproxy check` prints it and startup logs it.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        if self.colors.is_empty() {
+            out.push_str("no color is configured: every request will get 503\n");
+            return out;
+        }
+        let width =
+            |f: fn(&Color) -> usize, min| self.colors.iter().map(f).max().unwrap_or(0).max(min);
+        let wn = width(|c| c.name.len(), 5);
+        let wu = width(|c| c.upstream.url.len(), 8);
+        let _ = writeln!(
+            out,
+            "{:wn$}  {:wu$}  {:>6}  {:>6}",
+            "COLOR", "UPSTREAM", "WEIGHT", "SHARE"
+        );
+        for c in &self.colors {
+            let _ = writeln!(
+                out,
+                "{:wn$}  {:wu$}  {:>6}  {:>5.1}%",
+                c.name,
+                c.upstream.url,
+                c.weight,
+                self.share(c)
+            );
+        }
+        out
+    }
+
+    /// The percentage of new requests a color receives.
+    pub fn share(&self, color: &Color) -> f64 {
+        let total = self.total_weight();
+        if total == 0 {
+            return 0.0;
+        }
+        100.0 * f64::from(color.weight) / total as f64
+    }
+}
+
+fn problem(var: &str, value: &str, expected: &str) -> Problem {
+    Problem {
+        var: var.to_string(),
+        value: value.to_string(),
+        expected: expected.to_string(),
+    }
+}
+
+/// Variables whose unreadable value must be reported rather than ignored.
+fn is_relevant(name: &str) -> bool {
+    RESERVED.contains(&name)
+        || name.ends_with("_WEIGHT")
+        || name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn duration(
+    var: &str,
+    value: &Option<String>,
+    default: Duration,
+    zero_ok: bool,
+    problems: &mut Vec<Problem>,
+) -> Duration {
+    let Some(v) = value else { return default };
+    match humantime::parse_duration(v.trim()) {
+        Ok(d) if zero_ok || !d.is_zero() => d,
+        Ok(_) => {
+            problems.push(problem(
+                var,
+                v,
+                "expected a duration above zero, e.g. 250ms or 5s",
+            ));
+            default
+        }
+        Err(e) => {
+            problems.push(problem(
+                var,
+                v,
+                &format!("expected a duration such as 250ms, 5s or 1m ({e})"),
+            ));
+            default
+        }
+    }
+}
+
+fn color_names(colors: Option<&str>, problems: &mut Vec<Problem>) -> Vec<String> {
+    let Some(raw) = colors else {
+        return DEFAULT_COLORS.iter().map(|s| s.to_string()).collect();
+    };
+    let mut names: Vec<String> = Vec::new();
+    let mut bad = Vec::new();
+    for part in raw.split(',') {
+        let name = part.trim().to_lowercase();
+        let why = if name.is_empty() {
+            Some("an empty name".to_string())
+        } else if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            Some(format!("{name:?} (only letters, digits and _)"))
+        } else if names.contains(&name) {
+            Some(format!("{name:?} twice"))
+        } else if RESERVED.contains(&name.to_uppercase().as_str()) {
+            Some(format!(
+                "{name:?} (its variable {} is a setting)",
+                name.to_uppercase()
+            ))
+        } else {
+            None
+        };
+        match why {
+            Some(w) => bad.push(w),
+            None => names.push(name),
+        }
+    }
+    // A color named `x_weight` would read the same variable as the weight of color `x`.
+    for n in &names {
+        if let Some(base) = n.strip_suffix("_weight")
+            && names.iter().any(|m| m == base)
+        {
+            bad.push(format!("{n:?} (its variable is the weight of {base})"));
+        }
+    }
+    if !bad.is_empty() {
+        problems.push(problem(
+            "COLORS",
+            raw,
+            &format!(
+                "expected comma-separated color names of letters, digits and _; got {}",
+                bad.join(", ")
+            ),
+        ));
+    }
+    names
+}
+
+/// Parses `http://host[:port][/base]`; on failure returns what was expected.
+pub fn parse_upstream(url: &str) -> Result<Upstream, String> {
+    const SHAPE: &str = "http://host[:port][/base/path]";
+    let trimmed = url.trim();
+    if trimmed.is_empty() {
+        return Err(format!(
+            "expected an upstream URL {SHAPE}, got an empty value"
+        ));
+    }
+    let uri: Uri = trimmed
+        .parse()
+        .map_err(|e| format!("expected an upstream URL {SHAPE} ({e})"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "expected {SHAPE}: https upstreams are not supported (colorproxy talks plain HTTP inside the Swarm network)"
+            ));
+        }
+        Some(other) => return Err(format!("expected {SHAPE}, got scheme {other:?}")),
+        None => return Err(format!("expected {SHAPE}: the scheme http:// is missing")),
+    }
+    let Some(auth) = uri.authority() else {
+        return Err(format!("expected {SHAPE}: the host is missing"));
+    };
+    if auth.as_str().contains('@') {
+        return Err(format!("expected {SHAPE}: user:password@ is not supported"));
+    }
+    let host = auth.host().trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("expected {SHAPE}: the host is missing"));
+    }
+    let after_host = &auth.as_str()[auth.as_str().rfind(']').unwrap_or(0)..];
+    if after_host.contains(':') && auth.port_u16().is_none() {
+        return Err(format!(
+            "expected {SHAPE}: the port must be a number from 1 to 65535"
+        ));
+    }
+    if uri.query().is_some() {
+        return Err(format!("expected {SHAPE}: a query string is not allowed"));
+    }
+    let port = auth.port_u16().unwrap_or(80);
+    if port == 0 {
+        return Err(format!("expected {SHAPE}: port 0 is not a valid port"));
+    }
+    let authority: Authority = format!("{}:{port}", auth.host())
+        .parse()
+        .map_err(|e| format!("expected {SHAPE} ({e})"))?;
+    let base_path = uri.path().trim_end_matches('/').to_string();
+    Ok(Upstream {
+        url: trimmed.to_string(),
+        host: host.to_string(),
+        port,
+        authority,
+        base_path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    fn problems(vars: &[(&str, &str)]) -> Vec<Problem> {
+        parse(vars).expect_err("configuration should be rejected").0
+    }
+
+    #[test]
+    fn defaults_with_no_variables() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.connect_timeout, Duration::from_secs(1));
+        assert_eq!(c.request_timeout, Duration::from_secs(60));
+        assert!(c.drain_timeout < Duration::from_secs(10));
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert!(c.colors.is_empty());
+    }
+
+    #[test]
+    fn blue_and_green_with_weights() {
+        let c = parse(&[
+            ("BLUE", "http://myapp-v1:8080"),
+            ("GREEN", "http://myapp-v2:8080/"),
+            ("GREEN_WEIGHT", "1"),
+            ("BLUE_WEIGHT", "4"),
+        ])
+        .unwrap();
+        let names: Vec<_> = c
+            .colors
+            .iter()
+            .map(|c| (c.name.as_str(), c.weight))
+            .collect();
+        assert_eq!(names, [("blue", 4), ("green", 1)]);
+        assert_eq!(c.colors[0].upstream.authority.as_str(), "myapp-v1:8080");
+        assert_eq!(c.colors[1].upstream.base_path, "");
+        assert_eq!(c.share(&c.colors[0]), 80.0);
+        assert!(c.table().contains("80.0%"), "{}", c.table());
+    }
+
+    #[test]
+    fn unset_color_is_absent_and_weight_defaults_to_one() {
+        let c = parse(&[("GREEN", "http://v2")]).unwrap();
+        assert_eq!(c.colors.len(), 1);
+        assert_eq!(c.colors[0].name, "green");
+        assert_eq!(c.colors[0].weight, 1);
+        assert_eq!(c.colors[0].upstream.port, 80);
+    }
+
+    #[test]
+    fn colors_declares_order_case_insensitively() {
+        let c = parse(&[
+            ("COLORS", " Canary, blue "),
+            ("BLUE", "http://a:1"),
+            ("CANARY", "http://b:2/api/"),
+        ])
+        .unwrap();
+        let names: Vec<_> = c.colors.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["canary", "blue"]);
+        assert_eq!(c.colors[0].upstream.base_path, "/api");
+    }
+
+    #[test]
+    fn durations_and_listen() {
+        let c = parse(&[
+            ("LISTEN", "127.0.0.1:0"),
+            ("CONNECT_TIMEOUT", "250ms"),
+            ("REQUEST_TIMEOUT", "2m"),
+            ("DRAIN_TIMEOUT", "0s"),
+            ("LOG_FORMAT", "json"),
+        ])
+        .unwrap();
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.connect_timeout, Duration::from_millis(250));
+        assert_eq!(c.request_timeout, Duration::from_secs(120));
+        assert_eq!(c.drain_timeout, Duration::ZERO);
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let p = problems(&[
+            ("BLUE", "ftp://x"),
+            ("BLUE_WEIGHT", "-1"),
+            ("GREEN", "myapp-v2:8080"),
+            ("GREEN_WEIGHT", "1.5"),
+            ("CONNECT_TIMEOUT", "5"),
+            ("REQUEST_TIMEOUT", "soon"),
+            ("DRAIN_TIMEOUT", "-3s"),
+            ("LISTEN", "8080"),
+            ("LOG_FORMAT", "xml"),
+        ]);
+        let vars: Vec<_> = p.iter().map(|p| p.var.as_str()).collect();
+        for v in [
+            "BLUE",
+            "BLUE_WEIGHT",
+            "GREEN",
+            "GREEN_WEIGHT",
+            "CONNECT_TIMEOUT",
+            "REQUEST_TIMEOUT",
+            "DRAIN_TIMEOUT",
+            "LISTEN",
+            "LOG_FORMAT",
+        ] {
+            assert!(vars.contains(&v), "{v} missing from {vars:?}");
+        }
+        let weight = p.iter().find(|p| p.var == "GREEN_WEIGHT").unwrap();
+        assert_eq!(weight.value, "1.5");
+        assert!(weight.to_string().contains("non-negative integer"));
+    }
+
+    #[test]
+    fn bad_urls_say_what_was_expected() {
+        for (url, needle) in [
+            ("", "empty"),
+            ("http://", "host"),
+            ("https://x", "https"),
+            ("x:80", "http://"),
+            ("http://x:notaport", "port must be a number"),
+            ("http://x:", "port must be a number"),
+            ("http://x:70000", "http://host"),
+            ("http://u:p@x", "user"),
+            ("http://x/?a=1", "query"),
+            ("http://x:0", "port 0"),
+        ] {
+            let err = parse_upstream(url).expect_err(url);
+            assert!(err.contains(needle), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn upstream_forms() {
+        let u = parse_upstream("http://10.0.0.7").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("10.0.0.7", 80));
+        let u = parse_upstream("http://[::1]:9000/base//").unwrap();
+        assert_eq!(u.host, "::1");
+        assert_eq!(u.authority.as_str(), "[::1]:9000");
+        assert_eq!(u.base_path, "/base");
+    }
+
+    #[test]
+    fn all_weights_zero_is_rejected() {
+        let p = problems(&[
+            ("BLUE", "http://a"),
+            ("BLUE_WEIGHT", "0"),
+            ("GREEN", "http://b"),
+            ("GREEN_WEIGHT", "0"),
+        ]);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].var, "BLUE_WEIGHT,GREEN_WEIGHT");
+        // One zero weight is fine: the color stays configured without new traffic.
+        let c = parse(&[
+            ("BLUE", "http://a"),
+            ("GREEN", "http://b"),
+            ("GREEN_WEIGHT", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.share(&c.colors[1]), 0.0);
+    }
+
+    #[test]
+    fn bad_color_names() {
+        for colors in [
+            "blue,,green",
+            "blue,gr-een",
+            "blue,BLUE",
+            "listen",
+            "x,x_weight",
+            "é",
+        ] {
+            let p = problems(&[("COLORS", colors)]);
+            assert_eq!(p[0].var, "COLORS", "{colors}");
+            assert_eq!(p[0].value, colors);
+        }
+    }
+
+    #[test]
+    fn stray_weights_warn() {
+        let c = parse(&[
+            ("BLUE", "http://a"),
+            ("GREN_WEIGHT", "3"),
+            ("GREEN_WEIGHT", "2"),
+        ])
+        .unwrap();
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(c.warnings.iter().any(|w| w.starts_with("GREN_WEIGHT")));
+    }
+
+    #[test]
+    fn bad_rust_log() {
+        let p = problems(&[("RUST_LOG", "info,[")]);
+        assert_eq!(p[0].var, "RUST_LOG");
+    }
+}

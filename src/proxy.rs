@@ -1,0 +1,368 @@
+//! What happens to one request: pick a color, rewrite the request for that color's upstream,
+//! forward it, and hand back the upstream's response (or a clear error).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::{Either, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use hyper::{Request, Response, StatusCode, Version};
+use hyper_util::rt::TokioIo;
+use tracing::{debug, warn};
+
+use crate::balancer::Balancer;
+use crate::config::{Color, Config};
+use crate::upstream::UpstreamClient;
+
+/// A response body: the upstream's, streamed, or a short message of colorproxy's own.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+pub static COLOR: HeaderName = HeaderName::from_static("color");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1, plus the proxy-auth pair of RFC 2616 §13.5.1, which
+/// are meant for this proxy and would leak credentials if passed on).
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// A color ready to receive requests.
+struct Target {
+    color: Color,
+    /// The `Color` header value, built once.
+    header: HeaderValue,
+}
+
+pub struct Proxy {
+    targets: Vec<Target>,
+    balancer: Balancer,
+    client: UpstreamClient,
+}
+
+impl Proxy {
+    pub fn new(config: &Config) -> Proxy {
+        let targets = config
+            .colors
+            .iter()
+            .map(|color| Target {
+                header: HeaderValue::from_str(&color.name).expect("color names are validated"),
+                color: color.clone(),
+            })
+            .collect();
+        Proxy {
+            targets,
+            balancer: Balancer::new(config.colors.iter().map(|c| c.weight)),
+            client: UpstreamClient::new(config.connect_timeout, config.request_timeout),
+        }
+    }
+
+    pub async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let Some(i) = self.balancer.pick(&mut rand::rng()) else {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "colorproxy: no backend is configured\n".into(),
+            );
+        };
+        let target = &self.targets[i];
+        let upgrade = upgrade_protocol(&req);
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let req = match rewrite(req, target, client, upgrade) {
+            Ok(req) => req,
+            Err(msg) => return text(StatusCode::BAD_REQUEST, format!("colorproxy: {msg}\n")),
+        };
+
+        let mut resp = match self.client.send(req).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let color = &target.color;
+                warn!(
+                    color = %color.name,
+                    upstream = %color.upstream.url,
+                    kind = e.kind.as_str(),
+                    cause = %e.cause,
+                    "upstream request failed"
+                );
+                return text(
+                    e.kind.status(),
+                    format!(
+                        "colorproxy: upstream {} ({}) failed: {e}\n",
+                        color.name, color.upstream.url
+                    ),
+                );
+            }
+        };
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                warn!(color = %target.color.name, "upstream switched protocols without being asked");
+                return text(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "colorproxy: upstream {} sent an unrequested 101\n",
+                        target.color.name
+                    ),
+                );
+            };
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(
+                client_upgrade,
+                upstream_upgrade,
+                target.color.name.clone(),
+            ));
+            let (parts, _) = resp.into_parts();
+            return Response::from_parts(parts, Either::Right(Full::default()));
+        }
+
+        strip_hop_by_hop(resp.headers_mut());
+        resp.map(Either::Left)
+    }
+}
+
+/// The protocol of an HTTP/1.1 upgrade request (WebSocket), the one case where `Upgrade` and
+/// `Connection` must reach the upstream.
+fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 || !connection_has(req.headers(), "upgrade") {
+        return None;
+    }
+    req.headers().get(header::UPGRADE).cloned()
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Turns the client's request into the request for the target's upstream.
+fn rewrite(
+    req: Request<Incoming>,
+    target: &Target,
+    client: SocketAddr,
+    upgrade: Option<HeaderValue>,
+) -> Result<Request<Incoming>, String> {
+    let upstream = &target.color.upstream;
+    let (mut parts, body) = req.into_parts();
+    let uri = upstream_uri(&upstream.authority, &upstream.base_path, &parts.uri)?;
+    // HTTP/2 clients name the host in the URI; HTTP/1 clients in Host.
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+    if let Some(host) = host {
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        headers.insert(header::HOST, host);
+    }
+    append_forwarded_for(headers, client);
+    // A TLS terminator in front of colorproxy says https; keep its word, else it is http.
+    let proto_ok = matches!(
+        headers.get(&X_FORWARDED_PROTO).map(HeaderValue::as_bytes),
+        Some(b"http" | b"https")
+    );
+    if !proto_ok {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    // insert() replaces every value the client sent: the color cannot be spoofed.
+    headers.insert(COLOR.clone(), target.header.clone());
+
+    parts.uri = uri;
+    // Upstreams are spoken to in HTTP/1.1 whatever the client spoke.
+    parts.version = Version::HTTP_11;
+    Ok(Request::from_parts(parts, body))
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
+    let ip = client.ip().to_canonical().to_string();
+    let mut prior = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if prior.is_empty() {
+        prior = ip;
+    } else {
+        prior.push_str(", ");
+        prior.push_str(&ip);
+    }
+    if let Ok(v) = HeaderValue::from_str(&prior) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+/// `http://authority` + base path + request path, with exactly one slash between the two,
+/// and the query string unchanged.
+fn upstream_uri(authority: &Authority, base: &str, original: &Uri) -> Result<Uri, String> {
+    let path = original.path();
+    let joined = match (base.is_empty(), path.starts_with('/')) {
+        (true, true) => None,
+        (false, true) => Some(format!("{base}{path}")),
+        // `OPTIONS *`: upstreams get the base path itself.
+        (_, false) => Some(format!("{base}/")),
+    };
+    let path_and_query = match (joined, original.query()) {
+        (None, _) => original
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        (Some(p), None) => {
+            PathAndQuery::try_from(p).map_err(|e| format!("bad request path: {e}"))?
+        }
+        (Some(p), Some(q)) => PathAndQuery::try_from(format!("{p}?{q}"))
+            .map_err(|e| format!("bad request path: {e}"))?,
+    };
+    Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| format!("bad request target: {e}"))
+}
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Copies bytes both ways between client and upstream once both sides have switched protocols.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    color: String,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            warn!(%color, error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => {
+            debug!(%color, bytes_up = up, bytes_down = down, "upgraded connection closed")
+        }
+        Err(e) => debug!(%color, error = %e, "upgraded connection ended with an error"),
+    }
+}
+
+pub fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn join(base: &str, target: &str) -> String {
+        let auth = Authority::from_static("up:8080");
+        upstream_uri(&auth, base, &target.parse().unwrap())
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn path_joining() {
+        assert_eq!(join("", "/"), "http://up:8080/");
+        assert_eq!(join("", "/a/b?x=1&y"), "http://up:8080/a/b?x=1&y");
+        assert_eq!(join("/api", "/"), "http://up:8080/api/");
+        assert_eq!(
+            join("/api", "/v1/users?id=7"),
+            "http://up:8080/api/v1/users?id=7"
+        );
+        assert_eq!(
+            join("/api", "http://client.example/x?q"),
+            "http://up:8080/api/x?q"
+        );
+        assert_eq!(join("", "*"), "http://up:8080/");
+        assert_eq!(join("/api", "*"), "http://up:8080/api/");
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, "127.0.0.1:1".parse().unwrap());
+        assert_eq!(h[&X_FORWARDED_FOR], "127.0.0.1");
+        h.append(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_static("10.0.0.9"),
+        );
+        append_forwarded_for(&mut h, "[::ffff:192.0.2.1]:1".parse().unwrap());
+        assert_eq!(h[&X_FORWARDED_FOR], "127.0.0.1, 10.0.0.9, 192.0.2.1");
+        assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+    }
+}
