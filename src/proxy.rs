@@ -94,7 +94,7 @@ impl Proxy {
                 warn!(
                     color = %color.name,
                     upstream = %color.upstream.url,
-                    kind = e.kind.as_str(),
+                    kind = %e.kind.as_str(),
                     cause = %e.cause,
                     "upstream request failed"
                 );

@@ -1,0 +1,107 @@
+//! Upstream failures and missing configuration become clear responses, never hangs.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use http_body_util::Full;
+use hyper::Response;
+use hyper::body::Bytes;
+use tokio::net::TcpListener;
+
+/// An address on which nothing listens: bound, then released.
+async fn dead_address() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_color_configured_answers_503() {
+    let mut proxy = ProxyProcess::start(&[]);
+    proxy.wait_for_log("no color is configured");
+    let r = get(&client(), &proxy.url("/anything")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.body, "colorproxy: no backend is configured\n");
+    assert_eq!(r.headers["content-type"], "text/plain; charset=utf-8");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connection_answers_502_naming_the_color() {
+    let dead = dead_address().await;
+    let mut proxy = ProxyProcess::start(&[("GREEN", &dead)]);
+    let r = get(&client(), &proxy.url("/")).await;
+    assert_eq!(r.status, 502);
+    assert!(r.body.contains("upstream green"), "{}", r.body);
+    assert!(r.body.contains("connect"), "{}", r.body);
+    let log = proxy.wait_for_log("upstream request failed");
+    assert!(log.contains("green") && log.contains("refused"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unresolvable_name_answers_502() {
+    // `.invalid` never resolves (RFC 2606), and no query leaves the machine for it.
+    let mut proxy = ProxyProcess::start(&[("BLUE", "http://no-such-service.invalid:8080")]);
+    let r = get(&client(), &proxy.url("/")).await;
+    assert_eq!(r.status, 502);
+    assert!(r.body.contains("dns"), "{}", r.body);
+    proxy.wait_for_log("kind=dns");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upstream_answers_504_after_request_timeout() {
+    // Accepts the request and never answers.
+    let slow = Backend::start(|_req| async {
+        std::future::pending::<()>().await;
+        Response::new(Full::new(Bytes::new()))
+    })
+    .await;
+    let mut proxy = ProxyProcess::start(&[("BLUE", &slow.url()), ("REQUEST_TIMEOUT", "300ms")]);
+    let started = Instant::now();
+    let r = get(&client(), &proxy.url("/")).await;
+    assert_eq!(r.status, 504);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(r.body.contains("upstream blue"), "{}", r.body);
+    assert!(r.body.contains("300ms"), "{}", r.body);
+    proxy.wait_for_log("kind=timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_closing_without_answer_answers_502() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        // Read the request, then hang up without a response.
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+            drop(s);
+        }
+    });
+    let proxy = ProxyProcess::start(&[("BLUE", &format!("http://{addr}"))]);
+    let r = get(&client(), &proxy.url("/")).await;
+    assert_eq!(r.status, 502);
+    assert!(r.body.contains("reset"), "{}", r.body);
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_color_does_not_affect_the_healthy_one() {
+    let blue = Backend::echo("blue").await;
+    let dead = dead_address().await;
+    let proxy = ProxyProcess::start(&[("BLUE", &blue.url()), ("GREEN", &dead)]);
+    let client = client();
+    let (mut ok, mut bad) = (0, 0);
+    for _ in 0..200 {
+        match get(&client, &proxy.url("/")).await.status {
+            200 => ok += 1,
+            502 => bad += 1,
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert_eq!(ok + bad, 200);
+    assert!(ok > 0 && bad > 0, "ok={ok} bad={bad}");
+}
