@@ -16,6 +16,7 @@ use serde::Deserialize;
 /// Colors used when `COLORS` is unset: the blue/green pair of the classic walkthrough.
 pub const DEFAULT_COLORS: &[&str] = &["blue", "green"];
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9901";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Docker waits 10 s (`stop_grace_period`) before SIGKILL; 8 s of drain leaves time to exit.
@@ -31,6 +32,9 @@ const RESERVED: &[&str] = &[
     "DRAIN_TIMEOUT",
     "LOG_FORMAT",
     "RUST_LOG",
+    "ADMIN_LISTEN",
+    "ACCESS_LOG",
+    "RESPONSE_HEADERS",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +45,11 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub log_format: LogFormat,
     pub log_filter: String,
+    /// `None` when ADMIN_LISTEN=off.
+    pub admin_listen: Option<SocketAddr>,
+    pub access_log: bool,
+    /// Adds `Color` and `Colorproxy-Config` to responses.
+    pub response_headers: bool,
     /// Configured colors in `COLORS` order; colors whose URL variable is unset are absent.
     pub colors: Vec<Color>,
     /// `*_WEIGHT` variables that belong to no configured color: worth a warning, since a typo
@@ -118,6 +127,9 @@ struct Settings {
     drain_timeout: Option<String>,
     log_format: Option<String>,
     rust_log: Option<String>,
+    admin_listen: Option<String>,
+    access_log: Option<String>,
+    response_headers: Option<String>,
 }
 
 impl Config {
@@ -162,17 +174,30 @@ impl Config {
             envy::from_iter(env.iter().map(|(k, v)| (k.clone(), v.clone()))).unwrap_or_default();
         let mut problems = Vec::new();
 
-        let listen = match &settings.listen {
-            None => DEFAULT_LISTEN.parse().expect("default listen address"),
-            Some(v) => v.trim().parse().unwrap_or_else(|_| {
-                problems.push(problem(
-                    "LISTEN",
-                    v,
-                    "expected ip:port, e.g. 0.0.0.0:8080 or [::]:8080",
-                ));
-                DEFAULT_LISTEN.parse().expect("default listen address")
-            }),
+        let listen = address("LISTEN", &settings.listen, DEFAULT_LISTEN, &mut problems);
+        let admin_listen = match settings.admin_listen.as_deref().map(str::trim) {
+            Some("off") => None,
+            _ => Some(address(
+                "ADMIN_LISTEN",
+                &settings.admin_listen,
+                DEFAULT_ADMIN_LISTEN,
+                &mut problems,
+            )),
         };
+        if admin_listen == Some(listen) && listen.port() != 0 {
+            problems.push(problem(
+                "ADMIN_LISTEN",
+                &listen.to_string(),
+                "expected an address other than LISTEN: the admin endpoints never share the proxy port",
+            ));
+        }
+        let access_log = switch("ACCESS_LOG", &settings.access_log, true, &mut problems);
+        let response_headers = switch(
+            "RESPONSE_HEADERS",
+            &settings.response_headers,
+            false,
+            &mut problems,
+        );
         let connect_timeout = duration(
             "CONNECT_TIMEOUT",
             &settings.connect_timeout,
@@ -286,6 +311,9 @@ impl Config {
             drain_timeout,
             log_format,
             log_filter,
+            admin_listen,
+            access_log,
+            response_headers,
             colors,
             warnings,
         })
@@ -326,6 +354,53 @@ impl Config {
         out
     }
 
+    /// A short, stable hash of what decides where requests go (colors, upstreams, weights).
+    /// Replicas started from the same routing environment show the same hash, so an operator
+    /// can see when a rolling update has converged.
+    pub fn config_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for c in &self.colors {
+            let u = &c.upstream;
+            hasher.update(format!(
+                "{}\t{}\t{}\t{}\n",
+                c.name, u.authority, u.base_path, c.weight
+            ));
+        }
+        hasher.finalize()[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// The effective configuration as JSON: what `/config` serves and `check --json` prints.
+    pub fn view(&self) -> serde_json::Value {
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        let colors: Vec<_> = self
+            .colors
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "name": c.name,
+                    "upstream": c.upstream.url,
+                    "weight": c.weight,
+                    "share": (self.share(c) * 10.0).round() / 10.0,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "config_hash": self.config_hash(),
+            "colors": colors,
+            "listen": self.listen.to_string(),
+            "admin_listen": self.admin_listen.map(|a| a.to_string()),
+            "connect_timeout": d(self.connect_timeout),
+            "request_timeout": d(self.request_timeout),
+            "drain_timeout": d(self.drain_timeout),
+            "access_log": self.access_log,
+            "response_headers": self.response_headers,
+        })
+    }
+
     /// The percentage of new requests a color receives.
     pub fn share(&self, color: &Color) -> f64 {
         let total = self.total_weight();
@@ -351,6 +426,44 @@ fn is_relevant(name: &str) -> bool {
         || name
             .chars()
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn address(
+    var: &str,
+    value: &Option<String>,
+    default: &str,
+    problems: &mut Vec<Problem>,
+) -> SocketAddr {
+    let default = default.parse().expect("default address");
+    let Some(v) = value else { return default };
+    v.trim().parse().unwrap_or_else(|_| {
+        problems.push(problem(
+            var,
+            v,
+            "expected ip:port, e.g. 0.0.0.0:8080 or [::]:8080",
+        ));
+        default
+    })
+}
+
+fn switch(var: &str, value: &Option<String>, default: bool, problems: &mut Vec<Problem>) -> bool {
+    match value
+        .as_deref()
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None => default,
+        Some("on" | "true" | "1" | "yes") => true,
+        Some("off" | "false" | "0" | "no") => false,
+        Some(_) => {
+            problems.push(problem(
+                var,
+                value.as_deref().unwrap_or_default(),
+                "expected on or off",
+            ));
+            default
+        }
+    }
 }
 
 fn duration(
@@ -678,6 +791,54 @@ mod tests {
         .unwrap();
         assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
         assert!(c.warnings.iter().any(|w| w.starts_with("GREN_WEIGHT")));
+    }
+
+    #[test]
+    fn config_hash_follows_routing_only() {
+        let base = [
+            ("BLUE", "http://a:8080"),
+            ("GREEN", "http://b"),
+            ("GREEN_WEIGHT", "1"),
+        ];
+        let h = parse(&base).unwrap().config_hash();
+        assert_eq!(h.len(), 12);
+        // Same routing, spelled differently or with other settings: same hash.
+        let same = parse(&[
+            ("BLUE", "http://a:8080/"),
+            ("GREEN", "http://b:80"),
+            ("LISTEN", "127.0.0.1:1"),
+        ]);
+        assert_eq!(same.unwrap().config_hash(), h);
+        let reweighted = parse(&[
+            ("BLUE", "http://a:8080"),
+            ("GREEN", "http://b"),
+            ("GREEN_WEIGHT", "2"),
+        ]);
+        assert_ne!(reweighted.unwrap().config_hash(), h);
+        let moved = parse(&[("BLUE", "http://a:8081"), ("GREEN", "http://b")]);
+        assert_ne!(moved.unwrap().config_hash(), h);
+    }
+
+    #[test]
+    fn admin_settings() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.admin_listen, Some("0.0.0.0:9901".parse().unwrap()));
+        assert!(c.access_log && !c.response_headers);
+        let c = parse(&[
+            ("ADMIN_LISTEN", "off"),
+            ("ACCESS_LOG", "off"),
+            ("RESPONSE_HEADERS", "on"),
+        ])
+        .unwrap();
+        assert_eq!(c.admin_listen, None);
+        assert!(!c.access_log && c.response_headers);
+        let p = problems(&[("ADMIN_LISTEN", "9901"), ("ACCESS_LOG", "maybe")]);
+        assert_eq!(p.len(), 2);
+        let p = problems(&[
+            ("LISTEN", "127.0.0.1:9000"),
+            ("ADMIN_LISTEN", "127.0.0.1:9000"),
+        ]);
+        assert_eq!(p[0].var, "ADMIN_LISTEN");
     }
 
     #[test]

@@ -5,9 +5,12 @@
 //! The binary (`main.rs`) only parses arguments; everything it runs lives here so that tests
 //! can drive the same code in-process.
 
+pub mod admin;
 pub mod balancer;
 pub mod config;
+pub mod exchange;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod signal;
@@ -27,6 +30,7 @@ pub fn log_config(config: &Config) {
         connect_timeout = %humantime::format_duration(config.connect_timeout),
         request_timeout = %humantime::format_duration(config.request_timeout),
         drain_timeout = %humantime::format_duration(config.drain_timeout),
+        config_hash = %config.config_hash(),
         "colorproxy starting"
     );
     if config.colors.is_empty() {
@@ -46,21 +50,41 @@ pub fn log_config(config: &Config) {
     }
 }
 
-/// Binds the listener and serves until a stop signal, then drains.
+/// Binds the listeners and serves until a stop signal, then drains.
 pub async fn run(config: Config) -> Result<(), String> {
     let mut signals =
         signal::Signals::new().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    // Both listeners are bound before either serves: a port conflict fails the start, which
+    // is what lets Swarm roll a bad update back.
     let listener = server::bind(config.listen)
         .map_err(|e| format!("cannot listen on LISTEN={}: {e}", config.listen))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    let admin_listener = match config.admin_listen {
+        Some(addr) => Some(
+            server::bind(addr).map_err(|e| format!("cannot listen on ADMIN_LISTEN={addr}: {e}"))?,
+        ),
+        None => None,
+    };
+
+    let metrics = Arc::new(metrics::Metrics::new(&config));
+    let admin_state = Arc::new(admin::AdminState::new(metrics.clone(), &config.view()));
+    let addr = local_addr(&listener)?;
     info!("listening on {addr}");
-    let proxy = Arc::new(proxy::Proxy::new(&config));
+    if let Some(admin_listener) = admin_listener {
+        info!("admin endpoints on {}", local_addr(&admin_listener)?);
+        tokio::spawn(admin::serve(admin_listener, admin_state.clone()));
+    }
+    let proxy = Arc::new(proxy::Proxy::new(&config, metrics));
     let shutdown = async move {
         let name = signals.recv().await;
+        admin_state.start_draining();
         info!(signal = name, "stop signal received");
     };
     server::serve(listener, proxy, config.drain_timeout, shutdown).await;
     Ok(())
+}
+
+fn local_addr(listener: &tokio::net::TcpListener) -> Result<std::net::SocketAddr, String> {
+    listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the listening address: {e}"))
 }

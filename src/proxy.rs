@@ -14,12 +14,16 @@ use tracing::{debug, warn};
 
 use crate::balancer::Balancer;
 use crate::config::{Color, Config};
+use crate::exchange::{Exchange, ResponseBody};
+use crate::metrics::{ErrorLabels, Metrics, NO_COLOR, intern};
 use crate::upstream::UpstreamClient;
 
-/// A response body: the upstream's, streamed, or a short message of colorproxy's own.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// The body the proxy answers with: the upstream's, streamed, or a short message of its own.
+pub type ProxyBody = ResponseBody;
+type Body = Either<Incoming, Full<Bytes>>;
 
 pub static COLOR: HeaderName = HeaderName::from_static("color");
+static COLORPROXY_CONFIG: HeaderName = HeaderName::from_static("colorproxy-config");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -43,21 +47,30 @@ struct Target {
     color: Color,
     /// The `Color` header value, built once.
     header: HeaderValue,
+    /// Metric label and log field values, interned once.
+    name: &'static str,
+    upstream: &'static str,
 }
 
 pub struct Proxy {
     targets: Vec<Target>,
     balancer: Balancer,
     client: UpstreamClient,
+    metrics: Arc<Metrics>,
+    access_log: bool,
+    /// The config hash for `Colorproxy-Config`, when RESPONSE_HEADERS=on.
+    config_header: Option<HeaderValue>,
 }
 
 impl Proxy {
-    pub fn new(config: &Config) -> Proxy {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Proxy {
         let targets = config
             .colors
             .iter()
             .map(|color| Target {
                 header: HeaderValue::from_str(&color.name).expect("color names are validated"),
+                name: intern(&color.name),
+                upstream: intern(color.upstream.authority.as_str()),
                 color: color.clone(),
             })
             .collect();
@@ -65,21 +78,51 @@ impl Proxy {
             targets,
             balancer: Balancer::new(config.colors.iter().map(|c| c.weight)),
             client: UpstreamClient::new(config.connect_timeout, config.request_timeout),
+            metrics,
+            access_log: config.access_log,
+            config_header: config
+                .response_headers
+                .then(|| HeaderValue::from_str(&config.config_hash()).expect("the hash is hex")),
         }
     }
 
-    pub async fn handle(
-        self: Arc<Self>,
-        mut req: Request<Incoming>,
-        client: SocketAddr,
-    ) -> Response<ProxyBody> {
-        let Some(i) = self.balancer.pick(&mut rand::rng()) else {
-            return text(
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+        let target = self
+            .balancer
+            .pick(&mut rand::rng())
+            .map(|i| &self.targets[i]);
+        let (name, upstream) = target.map_or((NO_COLOR, "-"), |t| (t.name, t.upstream));
+        let exchange =
+            Exchange::begin(&self.metrics, self.access_log, &req, client, name, upstream);
+        let mut resp = match target {
+            Some(target) => self.forward(req, client, target, &exchange).await,
+            None => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "colorproxy: no backend is configured\n".into(),
-            );
+            ),
         };
-        let target = &self.targets[i];
+        if let Some(config) = &self.config_header {
+            if let Some(target) = target {
+                resp.headers_mut()
+                    .insert(COLOR.clone(), target.header.clone());
+            }
+            resp.headers_mut()
+                .insert(COLORPROXY_CONFIG.clone(), config.clone());
+        }
+        exchange.respond(resp)
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+        target: &Target,
+        exchange: &Arc<Exchange>,
+    ) -> Response<Body> {
         let upgrade = upgrade_protocol(&req);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let req = match rewrite(req, target, client, upgrade) {
@@ -87,10 +130,17 @@ impl Proxy {
             Err(msg) => return text(StatusCode::BAD_REQUEST, format!("colorproxy: {msg}\n")),
         };
 
-        let mut resp = match self.client.send(req).await {
+        let mut resp = match self.client.send(req, exchange).await {
             Ok(resp) => resp,
             Err(e) => {
                 let color = &target.color;
+                self.metrics
+                    .upstream_errors
+                    .get_or_create(&ErrorLabels {
+                        color: target.name,
+                        kind: e.kind.as_str(),
+                    })
+                    .inc();
                 warn!(
                     color = %color.name,
                     upstream = %color.upstream.url,
@@ -120,11 +170,7 @@ impl Proxy {
                 );
             };
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(
-                client_upgrade,
-                upstream_upgrade,
-                target.color.name.clone(),
-            ));
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, target.name));
             let (parts, _) = resp.into_parts();
             return Response::from_parts(parts, Either::Right(Full::default()));
         }
@@ -273,7 +319,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    color: String,
+    color: &'static str,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
@@ -292,7 +338,7 @@ async fn tunnel(
     }
 }
 
-pub fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
+fn text(status: StatusCode, body: String) -> Response<Body> {
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
     *resp.status_mut() = status;
     resp.headers_mut().insert(

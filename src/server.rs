@@ -72,6 +72,8 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let connections = proxy.metrics().connections_open.clone();
+        connections.inc();
         let proxy = proxy.clone();
         let service = service_fn(move |req| {
             let proxy = proxy.clone();
@@ -85,6 +87,7 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
+            connections.dec();
         });
     }
 

@@ -7,16 +7,16 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::sync::oneshot;
+
+use crate::exchange::{Exchange, RequestBody};
 
 /// Idle upstream connections are closed well before IPVS forgets them (900 s) and before
 /// typical app servers' own keep-alive timeouts reap them under our feet.
@@ -93,24 +93,19 @@ impl UpstreamClient {
     ///
     /// REQUEST_TIMEOUT counts from the end of the request body, not from its start: a
     /// multi-GB upload may take longer than any sensible wait for a response head.
-    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
-        let (req, body_sent) = if req.body().is_end_stream() {
-            (req.map(|inner| RequestBody { inner, done: None }), None)
-        } else {
-            let (tx, rx) = oneshot::channel();
-            let req = req.map(|inner| RequestBody {
-                inner,
-                done: Some(tx),
-            });
-            (req, Some(rx))
-        };
+    pub async fn send(
+        &self,
+        req: Request<Incoming>,
+        exchange: &Arc<Exchange>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let body_pending = !req.body().is_end_stream();
+        let req = req.map(|body| RequestBody::new(body, exchange.clone()));
         let response = self.client.request(req);
         tokio::pin!(response);
-        if let Some(body_sent) = body_sent {
-            // Resolves when the body ended or was dropped (the request failed).
+        if body_pending {
             tokio::select! {
                 res = &mut response => return res.map_err(|e| classify(&e)),
-                _ = body_sent => {}
+                () = exchange.body_sent() => {}
             }
         }
         match tokio::time::timeout(self.request_timeout, response).await {
@@ -156,38 +151,5 @@ fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamError {
     UpstreamError {
         kind,
         cause: chain.join(": "),
-    }
-}
-
-/// The client's request body: streams the client's body and reports when it has been sent.
-pub struct RequestBody {
-    inner: Incoming,
-    done: Option<oneshot::Sender<()>>,
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            if let Some(done) = this.done.take() {
-                let _ = done.send(());
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

@@ -34,11 +34,14 @@ pub struct ProxyProcess {
 }
 
 impl ProxyProcess {
-    /// Starts the binary with exactly `env` (plus LISTEN=127.0.0.1:0 unless given) and waits
+    /// Starts the binary with exactly `env` (plus LISTEN and ADMIN_LISTEN on 127.0.0.1:0 unless
+    /// given) and waits
     /// for it to report its listening address.
     pub fn start(env: &[(&str, &str)]) -> ProxyProcess {
         let mut cmd = Command::new(BIN);
-        cmd.env_clear().env("LISTEN", "127.0.0.1:0");
+        cmd.env_clear()
+            .env("LISTEN", "127.0.0.1:0")
+            .env("ADMIN_LISTEN", "127.0.0.1:0");
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -1,0 +1,220 @@
+//! One request/response exchange, from arrival to the last byte of the response: what it is
+//! counted and logged as.
+//!
+//! The record is shared by the handler, the request body on its way upstream and the response
+//! body on its way back; whichever lets go last finishes it (in `Drop`), so a request is counted
+//! exactly once whether it completed, failed, or the client went away mid-body.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http_body_util::{Either, Full};
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::{Method, Request, Uri};
+use tokio::sync::Notify;
+
+use crate::metrics::{ColorLabels, Metrics, RequestLabels};
+
+/// Status recorded for a client that went away before its response began (nginx's convention).
+const CLIENT_CLOSED: u16 = 499;
+
+pub struct Exchange {
+    metrics: Arc<Metrics>,
+    access_log: bool,
+    start: Instant,
+    method: Method,
+    uri: Uri,
+    client: SocketAddr,
+    color: &'static str,
+    upstream: &'static str,
+    status: AtomicU16,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    /// Signalled when the request body has been sent upstream, or abandoned.
+    body_sent: Notify,
+}
+
+impl Exchange {
+    pub fn begin(
+        metrics: &Arc<Metrics>,
+        access_log: bool,
+        req: &Request<Incoming>,
+        client: SocketAddr,
+        color: &'static str,
+        upstream: &'static str,
+    ) -> Arc<Exchange> {
+        metrics.in_flight.inc();
+        Arc::new(Exchange {
+            metrics: metrics.clone(),
+            access_log,
+            start: Instant::now(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            client,
+            color,
+            upstream,
+            status: AtomicU16::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            body_sent: Notify::new(),
+        })
+    }
+
+    pub fn color(&self) -> &'static str {
+        self.color
+    }
+
+    /// Waits until the request body has been sent (or abandoned).
+    pub async fn body_sent(&self) {
+        self.body_sent.notified().await
+    }
+
+    /// Wraps the response for the client; the status is what the exchange is counted as.
+    pub fn respond(
+        self: Arc<Self>,
+        resp: hyper::Response<Either<Incoming, Full<Bytes>>>,
+    ) -> hyper::Response<ResponseBody> {
+        self.status.store(resp.status().as_u16(), Ordering::Relaxed);
+        resp.map(|inner| ResponseBody {
+            inner,
+            exchange: self,
+        })
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let elapsed = self.start.elapsed();
+        let status = match self.status.load(Ordering::Relaxed) {
+            0 => CLIENT_CLOSED,
+            s => s,
+        };
+        let m = &self.metrics;
+        m.in_flight.dec();
+        m.requests
+            .get_or_create(&RequestLabels {
+                color: self.color,
+                code: status,
+            })
+            .inc();
+        m.duration
+            .get_or_create(&ColorLabels { color: self.color })
+            .observe(elapsed.as_secs_f64());
+        if self.access_log {
+            tracing::info!(
+                target: "colorproxy::access",
+                method = %self.method,
+                path = %self.uri.path_and_query().map_or("/", |p| p.as_str()),
+                status,
+                color = self.color,
+                upstream = self.upstream,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                bytes_in = self.bytes_in.load(Ordering::Relaxed),
+                bytes_out = self.bytes_out.load(Ordering::Relaxed),
+                client = %self.client,
+                "request"
+            );
+        }
+    }
+}
+
+/// The client's request body on its way upstream: counted, and reported when sent.
+pub struct RequestBody {
+    inner: Incoming,
+    exchange: Arc<Exchange>,
+    done: bool,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, exchange: Arc<Exchange>) -> RequestBody {
+        RequestBody {
+            inner,
+            exchange,
+            done: false,
+        }
+    }
+
+    fn finish(&mut self) {
+        if !self.done {
+            self.done = true;
+            // notify_one keeps a permit if nobody waits yet.
+            self.exchange.body_sent.notify_one();
+        }
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    this.exchange.bytes_in.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(_) => this.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The response on its way to the client: counted; its end (or abandonment) ends the exchange.
+pub struct ResponseBody {
+    inner: Either<Incoming, Full<Bytes>>,
+    exchange: Arc<Exchange>,
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            let n = data.len() as u64;
+            this.exchange.bytes_out.fetch_add(n, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
