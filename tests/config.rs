@@ -10,7 +10,8 @@ use common::*;
 #[test]
 fn every_configuration_error_is_reported_with_exit_code_1() {
     // A valid configuration would serve and never exit; `run` fails the test if it does not.
-    let cases: &[(&[(&str, &str)], &[&str])] = &[
+    type Env<'a> = &'a [(&'a str, &'a str)];
+    let cases: &[(Env, &[&str])] = &[
         (
             &[("BLUE", "ftp://myapp-v1:8080")],
             &["BLUE=\"ftp://myapp-v1:8080\"", "http://"],

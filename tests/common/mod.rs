@@ -93,6 +93,17 @@ impl ProxyProcess {
         proxy
     }
 
+    /// The admin listener's URL for `path` (the harness binds it on 127.0.0.1:0).
+    pub fn admin_url(&mut self, path: &str) -> String {
+        let line = self.wait_for_log("admin endpoints on ");
+        let addr = line
+            .split("admin endpoints on ")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| c == '"' || c.is_whitespace()).next())
+            .unwrap_or_else(|| panic!("no admin address in {line:?}"));
+        format!("http://{addr}{path}")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
