@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
@@ -10,6 +11,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
+use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use crate::balancer::Balancer;
@@ -53,6 +55,8 @@ struct Target {
 }
 
 pub struct Proxy {
+    /// Upgraded connections (WebSocket) outlive their HTTP connection; drain waits for them.
+    tunnels: Arc<Tunnels>,
     targets: Vec<Target>,
     balancer: Balancer,
     client: UpstreamClient,
@@ -75,6 +79,7 @@ impl Proxy {
             })
             .collect();
         Proxy {
+            tunnels: Arc::default(),
             targets,
             balancer: Balancer::new(config.colors.iter().map(|c| c.weight)),
             client: UpstreamClient::new(config.connect_timeout, config.request_timeout),
@@ -88,6 +93,23 @@ impl Proxy {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    pub fn open_tunnels(&self) -> usize {
+        self.tunnels.open.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once no upgraded connection is open.
+    pub async fn tunnels_closed(&self) {
+        loop {
+            let closed = self.tunnels.closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            if self.open_tunnels() == 0 {
+                return;
+            }
+            closed.await;
+        }
     }
 
     pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
@@ -170,7 +192,12 @@ impl Proxy {
                 );
             };
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, target.name));
+            let target_name = target.name;
+            let guard = TunnelGuard::new(&self.tunnels);
+            tokio::spawn(async move {
+                tunnel(client_upgrade, upstream_upgrade, target_name).await;
+                drop(guard);
+            });
             let (parts, _) = resp.into_parts();
             return Response::from_parts(parts, Either::Right(Full::default()));
         }
@@ -312,6 +339,29 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
+    }
+}
+
+#[derive(Default)]
+struct Tunnels {
+    open: AtomicUsize,
+    closed: Notify,
+}
+
+/// Counts one open tunnel for as long as it lives.
+struct TunnelGuard(Arc<Tunnels>);
+
+impl TunnelGuard {
+    fn new(tunnels: &Arc<Tunnels>) -> TunnelGuard {
+        tunnels.open.fetch_add(1, Ordering::SeqCst);
+        TunnelGuard(tunnels.clone())
+    }
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+        self.0.closed.notify_waiters();
     }
 }
 

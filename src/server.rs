@@ -37,8 +37,8 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and gives open connections up to
-/// `drain_timeout` to finish their in-flight requests. Idle keep-alive connections are closed
-/// at once.
+/// `drain_timeout` to finish their in-flight requests, and upgraded connections (WebSocket)
+/// up to the same deadline to close. Idle keep-alive connections are closed at once.
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
@@ -92,13 +92,17 @@ pub async fn serve(
     }
 
     drop(listener);
-    let open = graceful.count();
     info!(
-        open_connections = open,
+        open_connections = graceful.count(),
+        open_tunnels = proxy.open_tunnels(),
         drain_timeout = %humantime::format_duration(drain_timeout),
         "listener closed, draining"
     );
-    match tokio::time::timeout(drain_timeout, graceful.shutdown()).await {
+    let drained = async {
+        graceful.shutdown().await;
+        proxy.tunnels_closed().await;
+    };
+    match tokio::time::timeout(drain_timeout, drained).await {
         Ok(()) => info!("drained, exiting"),
         Err(_) => warn!("drain timeout reached, closing the remaining connections"),
     }

@@ -285,3 +285,25 @@ async fn plain_requests_work_alongside_websockets() {
     let r = get(&client, &proxy.url("/after")).await;
     assert_eq!((r.status, r.body.as_str()), (200, "plain /after"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_websocket_keeps_working_during_drain_and_its_close_ends_it() {
+    let mut backend = WsEchoBackend::start().await;
+    let mut proxy = ProxyProcess::start(&[("BLUE", &backend.url()), ("DRAIN_TIMEOUT", "20s")]);
+    let mut ws = connect(proxy.addr, "/chat").await;
+    backend.next_handshake().await;
+    round_trip(&mut ws, Message::text("before")).await;
+
+    proxy.signal("TERM");
+    let line = proxy.wait_for_log("draining");
+    assert!(line.contains("open_tunnels=1"), "{line}");
+    // The tunnel gets the drain period: messages still flow.
+    round_trip(&mut ws, Message::text("during the drain")).await;
+    close(ws).await;
+    assert!(proxy.wait_exit().success());
+    let out = proxy.output();
+    assert!(
+        out.contains("drained") && !out.contains("drain timeout"),
+        "{out}"
+    );
+}
