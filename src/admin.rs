@@ -17,22 +17,22 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use crate::metrics::Metrics;
+use crate::proxy::Proxy;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// What the admin endpoints report on.
 pub struct AdminState {
-    metrics: Arc<Metrics>,
+    proxy: Arc<Proxy>,
     /// `/config`, rendered once: the configuration never changes while the process runs.
     config_json: String,
     draining: AtomicBool,
 }
 
 impl AdminState {
-    pub fn new(metrics: Arc<Metrics>, config_view: &serde_json::Value) -> AdminState {
+    pub fn new(proxy: Arc<Proxy>, config_view: &serde_json::Value) -> AdminState {
         AdminState {
-            metrics,
+            proxy,
             config_json: format!("{config_view:#}\n"),
             draining: AtomicBool::new(false),
         }
@@ -56,7 +56,10 @@ impl AdminState {
                 plain(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
             }
             "/ready" => plain(StatusCode::OK, "ready\n"),
-            "/metrics" => with_type(StatusCode::OK, self.metrics.encode(), OPENMETRICS),
+            "/metrics" => {
+                self.proxy.update_endpoint_metrics();
+                with_type(StatusCode::OK, self.proxy.metrics().encode(), OPENMETRICS)
+            }
             "/config" => with_type(StatusCode::OK, self.config_json.clone(), "application/json"),
             _ => plain(
                 StatusCode::NOT_FOUND,

@@ -21,6 +21,11 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Docker waits 10 s (`stop_grace_period`) before SIGKILL; 8 s of drain leaves time to exit.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
+/// Docker's embedded DNS answers with a 600 s TTL; Swarm tasks come and go much faster.
+pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
+
+/// Per-color variables are the color's name plus one of these.
+const COLOR_SUFFIXES: &[&str] = &["_WEIGHT", "_DISCOVERY"];
 const DEFAULT_LOG_FILTER: &str = "info";
 
 /// Variables with a fixed meaning; a color whose variable would collide with one is rejected.
@@ -35,6 +40,8 @@ const RESERVED: &[&str] = &[
     "ADMIN_LISTEN",
     "ACCESS_LOG",
     "RESPONSE_HEADERS",
+    "DNS_REFRESH",
+    "RESOLVER",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +57,9 @@ pub struct Config {
     pub access_log: bool,
     /// Adds `Color` and `Colorproxy-Config` to responses.
     pub response_headers: bool,
+    pub dns_refresh: Duration,
+    /// A nameserver to ask instead of the system's (`/etc/resolv.conf`).
+    pub resolver: Option<SocketAddr>,
     /// Configured colors in `COLORS` order; colors whose URL variable is unset are absent.
     pub colors: Vec<Color>,
     /// `*_WEIGHT` variables that belong to no configured color: worth a warning, since a typo
@@ -69,6 +79,32 @@ pub struct Color {
     pub name: String,
     pub upstream: Upstream,
     pub weight: u32,
+    pub discovery: Discovery,
+}
+
+/// How a color's host becomes endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discovery {
+    /// An IP address is used as it is; a name is tried as a Swarm service (`tasks.<name>`, one
+    /// address per task), then as a plain DNS name.
+    Auto,
+    /// `tasks.<name>` only.
+    Tasks,
+    /// The name's own addresses only (docker compose, plain DNS).
+    Dns,
+    /// No discovery: each new connection resolves the name, e.g. to a Swarm virtual IP.
+    Off,
+}
+
+impl Discovery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Discovery::Auto => "auto",
+            Discovery::Tasks => "tasks",
+            Discovery::Dns => "dns",
+            Discovery::Off => "off",
+        }
+    }
 }
 
 /// Where a color's traffic goes: `http://host[:port][/base]`.
@@ -130,6 +166,14 @@ struct Settings {
     admin_listen: Option<String>,
     access_log: Option<String>,
     response_headers: Option<String>,
+    dns_refresh: Option<String>,
+    resolver: Option<String>,
+}
+
+impl Upstream {
+    pub fn is_ip(&self) -> bool {
+        self.host.parse::<std::net::IpAddr>().is_ok()
+    }
 }
 
 impl Config {
@@ -219,6 +263,32 @@ impl Config {
             true,
             &mut problems,
         );
+        let dns_refresh = duration(
+            "DNS_REFRESH",
+            &settings.dns_refresh,
+            DEFAULT_DNS_REFRESH,
+            false,
+            &mut problems,
+        );
+        let resolver = settings.resolver.as_ref().and_then(|v| {
+            let v = v.trim();
+            // A bare IP means the standard DNS port.
+            let parsed = v.parse::<SocketAddr>().or_else(|_| {
+                v.parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match parsed {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    problems.push(problem(
+                        "RESOLVER",
+                        v,
+                        "expected a nameserver address ip[:port], e.g. 127.0.0.11:53",
+                    ));
+                    None
+                }
+            }
+        });
         let log_format = match settings.log_format.as_deref().map(str::trim) {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -258,13 +328,38 @@ impl Config {
                     1
                 }),
             };
+            let discovery_var = format!("{var}_DISCOVERY");
+            let discovery = match env.get(&discovery_var).map(|v| v.trim()) {
+                None | Some("auto") => Discovery::Auto,
+                Some("tasks") => Discovery::Tasks,
+                Some("dns") => Discovery::Dns,
+                Some("off") => Discovery::Off,
+                Some(v) => {
+                    problems.push(problem(
+                        &discovery_var,
+                        v,
+                        "expected auto, tasks, dns or off",
+                    ));
+                    Discovery::Auto
+                }
+            };
             let Some(url) = env.get(&var) else { continue };
             match parse_upstream(url) {
-                Ok(upstream) => colors.push(Color {
-                    name: name.clone(),
-                    upstream,
-                    weight,
-                }),
+                Ok(upstream) => {
+                    if upstream.is_ip() && matches!(discovery, Discovery::Tasks | Discovery::Dns) {
+                        problems.push(problem(
+                            &discovery_var,
+                            discovery.as_str(),
+                            &format!("expected auto or off: {var} names an IP address, there is nothing to discover"),
+                        ));
+                    }
+                    colors.push(Color {
+                        name: name.clone(),
+                        upstream,
+                        weight,
+                        discovery,
+                    })
+                }
                 Err(expected) => problems.push(problem(&var, url, &expected)),
             }
         }
@@ -280,15 +375,14 @@ impl Config {
             ));
         }
 
-        let known: HashSet<String> = names
-            .iter()
-            .map(|n| format!("{}_WEIGHT", n.to_uppercase()))
-            .collect();
         let configured: HashSet<&str> = colors.iter().map(|c| c.name.as_str()).collect();
         let mut warnings = Vec::new();
-        for (k, _) in env.iter().filter(|(k, _)| k.ends_with("_WEIGHT")) {
-            let color = k.trim_end_matches("_WEIGHT").to_lowercase();
-            if !known.contains(k) {
+        for k in env.keys() {
+            let Some(color) = COLOR_SUFFIXES.iter().find_map(|s| k.strip_suffix(s)) else {
+                continue;
+            };
+            let color = color.to_lowercase();
+            if !names.contains(&color) {
                 warnings.push(format!(
                     "{k} is set but {color} is not a color (COLORS={}); it is ignored",
                     names.join(",")
@@ -314,6 +408,8 @@ impl Config {
             admin_listen,
             access_log,
             response_headers,
+            dns_refresh,
+            resolver,
             colors,
             warnings,
         })
@@ -420,12 +516,10 @@ fn problem(var: &str, value: &str, expected: &str) -> Problem {
 }
 
 /// Variables whose unreadable value must be reported rather than ignored.
+/// (Color variables are upper-case names, so all such names count.)
 fn is_relevant(name: &str) -> bool {
-    RESERVED.contains(&name)
-        || name.ends_with("_WEIGHT")
-        || name
-            .chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+    name.chars()
+        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
 }
 
 fn address(
@@ -524,10 +618,15 @@ fn color_names(colors: Option<&str>, problems: &mut Vec<Problem>) -> Vec<String>
     }
     // A color named `x_weight` would read the same variable as the weight of color `x`.
     for n in &names {
-        if let Some(base) = n.strip_suffix("_weight")
-            && names.iter().any(|m| m == base)
-        {
-            bad.push(format!("{n:?} (its variable is the weight of {base})"));
+        for suffix in COLOR_SUFFIXES {
+            if let Some(base) = n.strip_suffix(&suffix.to_lowercase())
+                && names.iter().any(|m| m == base)
+            {
+                bad.push(format!(
+                    "{n:?} (its variable is {} of {base})",
+                    &suffix[1..]
+                ));
+            }
         }
     }
     if !bad.is_empty() {
@@ -839,6 +938,41 @@ mod tests {
             ("ADMIN_LISTEN", "127.0.0.1:9000"),
         ]);
         assert_eq!(p[0].var, "ADMIN_LISTEN");
+    }
+
+    #[test]
+    fn discovery_settings() {
+        let c = parse(&[
+            ("BLUE", "http://myapp-v1:8080"),
+            ("GREEN", "http://10.0.0.7:8080"),
+            ("BLUE_DISCOVERY", "tasks"),
+            ("DNS_REFRESH", "2s"),
+            ("RESOLVER", "127.0.0.11"),
+        ])
+        .unwrap();
+        assert_eq!(c.colors[0].discovery, Discovery::Tasks);
+        assert_eq!(c.colors[1].discovery, Discovery::Auto);
+        assert_eq!(c.dns_refresh, Duration::from_secs(2));
+        assert_eq!(c.resolver, Some("127.0.0.11:53".parse().unwrap()));
+        assert_eq!(parse(&[]).unwrap().dns_refresh, DEFAULT_DNS_REFRESH);
+        let p = problems(&[
+            ("BLUE", "http://10.0.0.7"),
+            ("BLUE_DISCOVERY", "tasks"),
+            ("GREEN", "http://x"),
+            ("GREEN_DISCOVERY", "consul"),
+            ("RESOLVER", "dns.example"),
+            ("DNS_REFRESH", "0s"),
+        ]);
+        let vars: Vec<_> = p.iter().map(|p| p.var.as_str()).collect();
+        assert_eq!(
+            vars,
+            [
+                "DNS_REFRESH",
+                "RESOLVER",
+                "BLUE_DISCOVERY",
+                "GREEN_DISCOVERY"
+            ]
+        );
     }
 
     #[test]

@@ -7,8 +7,8 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -17,7 +17,8 @@ use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::{Method, Request, Uri};
 use tokio::sync::Notify;
 
-use crate::metrics::{ColorLabels, Metrics, RequestLabels};
+use crate::endpoints::{Endpoint, InFlight};
+use crate::metrics::{ColorLabels, Metrics, NO_COLOR, RequestLabels};
 
 /// Status recorded for a client that went away before its response began (nginx's convention).
 const CLIENT_CLOSED: u16 = 499;
@@ -29,8 +30,12 @@ pub struct Exchange {
     method: Method,
     uri: Uri,
     client: SocketAddr,
-    color: &'static str,
-    upstream: &'static str,
+    /// Index of the color in the configuration; `usize::MAX` for none. A retry may change it.
+    color: AtomicUsize,
+    /// The endpoint of the current attempt, counted as in flight until the exchange ends.
+    endpoint: Mutex<Option<InFlight>>,
+    /// The request body, back from an attempt whose connection failed before sending it.
+    unsent_body: Mutex<Option<Incoming>>,
     status: AtomicU16,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -44,8 +49,6 @@ impl Exchange {
         access_log: bool,
         req: &Request<Incoming>,
         client: SocketAddr,
-        color: &'static str,
-        upstream: &'static str,
     ) -> Arc<Exchange> {
         metrics.in_flight.inc();
         Arc::new(Exchange {
@@ -55,8 +58,9 @@ impl Exchange {
             method: req.method().clone(),
             uri: req.uri().clone(),
             client,
-            color,
-            upstream,
+            color: AtomicUsize::new(usize::MAX),
+            endpoint: Mutex::new(None),
+            unsent_body: Mutex::new(None),
             status: AtomicU16::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
@@ -64,8 +68,29 @@ impl Exchange {
         })
     }
 
-    pub fn color(&self) -> &'static str {
-        self.color
+    /// Records the color and endpoint of an attempt; the endpoint counts it as in flight.
+    pub fn attempt(&self, color: usize, endpoint: Option<Arc<Endpoint>>) {
+        self.color.store(color, Ordering::Relaxed);
+        *self.endpoint.lock().expect("endpoint lock") = endpoint.map(InFlight::new);
+    }
+
+    /// The color of the last attempt (`usize::MAX` for none).
+    pub fn color_index(&self) -> usize {
+        self.color.load(Ordering::Relaxed)
+    }
+
+    /// The body of a request whose connection failed before anything was sent, for a retry.
+    pub fn take_unsent_body(&self) -> Option<Incoming> {
+        self.unsent_body.lock().expect("body lock").take()
+    }
+
+    fn color_name(&self) -> &'static str {
+        let i = self.color.load(Ordering::Relaxed);
+        self.metrics
+            .color_names()
+            .get(i)
+            .copied()
+            .unwrap_or(NO_COLOR)
     }
 
     /// Waits until the request body has been sent (or abandoned).
@@ -94,24 +119,27 @@ impl Drop for Exchange {
             s => s,
         };
         let m = &self.metrics;
+        let color = self.color_name();
         m.in_flight.dec();
         m.requests
             .get_or_create(&RequestLabels {
-                color: self.color,
+                color,
                 code: status,
             })
             .inc();
         m.duration
-            .get_or_create(&ColorLabels { color: self.color })
+            .get_or_create(&ColorLabels { color })
             .observe(elapsed.as_secs_f64());
         if self.access_log {
+            let endpoint = self.endpoint.lock().expect("endpoint lock");
+            let upstream = endpoint.as_ref().map_or("-", |e| e.0.authority.as_str());
             tracing::info!(
                 target: "colorproxy::access",
                 method = %self.method,
                 path = %self.uri.path_and_query().map_or("/", |p| p.as_str()),
                 status,
-                color = self.color,
-                upstream = self.upstream,
+                color,
+                upstream,
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 bytes_in = self.bytes_in.load(Ordering::Relaxed),
                 bytes_out = self.bytes_out.load(Ordering::Relaxed),
@@ -122,25 +150,25 @@ impl Drop for Exchange {
     }
 }
 
-/// The client's request body on its way upstream: counted, and reported when sent.
+/// The client's request body on its way upstream: counted, and reported when sent. Dropped
+/// unsent (the connection failed first), it goes back to the exchange for a retry.
 pub struct RequestBody {
-    inner: Incoming,
+    inner: Option<Incoming>,
     exchange: Arc<Exchange>,
-    done: bool,
+    started: bool,
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, exchange: Arc<Exchange>) -> RequestBody {
+    pub fn new(inner: Option<Incoming>, exchange: Arc<Exchange>) -> RequestBody {
         RequestBody {
             inner,
             exchange,
-            done: false,
+            started: false,
         }
     }
 
     fn finish(&mut self) {
-        if !self.done {
-            self.done = true;
+        if self.inner.take().is_some() {
             // notify_one keeps a permit if nobody waits yet.
             self.exchange.body_sent.notify_one();
         }
@@ -149,7 +177,11 @@ impl RequestBody {
 
 impl Drop for RequestBody {
     fn drop(&mut self) {
-        self.finish();
+        if self.started {
+            self.finish();
+        } else if let Some(body) = self.inner.take() {
+            *self.exchange.unsent_body.lock().expect("body lock") = Some(body);
+        }
     }
 }
 
@@ -162,7 +194,11 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        this.started = true;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -177,11 +213,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 

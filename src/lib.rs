@@ -8,6 +8,8 @@
 pub mod admin;
 pub mod balancer;
 pub mod config;
+pub mod discovery;
+pub mod endpoints;
 pub mod exchange;
 pub mod logging;
 pub mod metrics;
@@ -17,10 +19,14 @@ pub mod signal;
 pub mod upstream;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::{info, warn};
 
 use crate::config::Config;
+
+/// How long startup waits for the first DNS answers.
+const INITIAL_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Logs the effective configuration the way `colorproxy check` prints it.
 pub fn log_config(config: &Config) {
@@ -40,6 +46,7 @@ pub fn log_config(config: &Config) {
         info!(
             color = %color.name,
             upstream = %color.upstream.url,
+            discovery = color.discovery.as_str(),
             weight = color.weight,
             share = %format!("{:.1}%", config.share(color)),
             "route"
@@ -65,15 +72,18 @@ pub async fn run(config: Config) -> Result<(), String> {
         None => None,
     };
 
+    let resolver = resolver(&config)?;
     let metrics = Arc::new(metrics::Metrics::new(&config));
-    let admin_state = Arc::new(admin::AdminState::new(metrics.clone(), &config.view()));
+    let proxy = Arc::new(proxy::Proxy::new(&config, metrics, resolver.clone()));
+    discover(&proxy, &resolver, config.dns_refresh).await;
+
+    let admin_state = Arc::new(admin::AdminState::new(proxy.clone(), &config.view()));
     let addr = local_addr(&listener)?;
     info!("listening on {addr}");
     if let Some(admin_listener) = admin_listener {
         info!("admin endpoints on {}", local_addr(&admin_listener)?);
         tokio::spawn(admin::serve(admin_listener, admin_state.clone()));
     }
-    let proxy = Arc::new(proxy::Proxy::new(&config, metrics));
     let shutdown = async move {
         let name = signals.recv().await;
         admin_state.start_draining();
@@ -81,6 +91,46 @@ pub async fn run(config: Config) -> Result<(), String> {
     };
     server::serve(listener, proxy, config.drain_timeout, shutdown).await;
     Ok(())
+}
+
+/// The DNS resolver; without a readable system configuration, only a process whose upstreams
+/// are all IP addresses may start.
+fn resolver(config: &Config) -> Result<discovery::Resolver, String> {
+    match discovery::Resolver::new(config.resolver) {
+        Ok(r) => Ok(r),
+        Err(e) if config.colors.iter().all(|c| c.upstream.is_ip()) => {
+            warn!("{e}; no upstream needs DNS");
+            Ok(discovery::Resolver::none())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Resolves every color that needs it before serving (bounded, so a DNS outage does not stop
+/// the start), then keeps refreshing in the background.
+async fn discover(proxy: &proxy::Proxy, resolver: &discovery::Resolver, interval: Duration) {
+    let mut first_rounds = Vec::new();
+    for watch in proxy.watches() {
+        let (done, first) = tokio::sync::oneshot::channel();
+        let resolver = resolver.clone();
+        tokio::spawn(async move {
+            let ok = watch.refresh(&resolver, false).await;
+            let _ = done.send(());
+            watch.run(resolver, interval, !ok).await;
+        });
+        first_rounds.push(first);
+    }
+    let all = async {
+        for first in first_rounds {
+            let _ = first.await;
+        }
+    };
+    if tokio::time::timeout(INITIAL_DISCOVERY_TIMEOUT, all)
+        .await
+        .is_err()
+    {
+        warn!("DNS is slow: serving before every color has endpoints");
+    }
 }
 
 fn local_addr(listener: &tokio::net::TcpListener) -> Result<std::net::SocketAddr, String> {

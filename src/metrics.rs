@@ -38,6 +38,12 @@ pub struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub color: &'static str,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
     config_hash: String,
@@ -45,6 +51,9 @@ struct BuildLabels {
 
 pub struct Metrics {
     registry: Registry,
+    /// Color names in configuration order, interned for labels.
+    color_names: Vec<&'static str>,
+    endpoints: Family<EndpointLabels, Gauge>,
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<ColorLabels, Histogram>,
     pub upstream_errors: Family<ErrorLabels, Counter>,
@@ -89,15 +98,21 @@ impl Metrics {
             "Configured share of new requests of each color (0 to 1)",
             share.clone(),
         );
-        for color in &config.colors {
-            let labels = ColorLabels {
-                color: intern(&color.name),
-            };
+        let color_names: Vec<&'static str> =
+            config.colors.iter().map(|c| intern(&c.name)).collect();
+        for (color, &name) in config.colors.iter().zip(&color_names) {
+            let labels = ColorLabels { color: name };
             weight.get_or_create(&labels).set(i64::from(color.weight));
             share
                 .get_or_create(&labels)
                 .set(config.share(color) / 100.0);
         }
+        let endpoints = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "endpoints",
+            "Endpoints of each color by state: live, or ejected after failing",
+            endpoints.clone(),
+        );
         let connections_open = Gauge::default();
         registry.register(
             "connections_open",
@@ -120,11 +135,26 @@ impl Metrics {
         );
         Metrics {
             registry,
+            color_names,
+            endpoints,
             requests,
             duration,
             upstream_errors,
             connections_open,
             in_flight,
+        }
+    }
+
+    pub fn color_names(&self) -> &[&'static str] {
+        &self.color_names
+    }
+
+    /// Sets the endpoint gauges of a color (they change with time, so they are set per scrape).
+    pub fn set_endpoints(&self, color: &'static str, live: usize, ejected: usize) {
+        for (state, n) in [("live", live), ("ejected", ejected)] {
+            self.endpoints
+                .get_or_create(&EndpointLabels { color, state })
+                .set(n as i64);
         }
     }
 

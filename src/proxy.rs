@@ -3,22 +3,26 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::request::Parts;
 use hyper::http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::balancer::Balancer;
-use crate::config::{Color, Config};
-use crate::exchange::{Exchange, ResponseBody};
-use crate::metrics::{ErrorLabels, Metrics, NO_COLOR, intern};
-use crate::upstream::UpstreamClient;
+use crate::config::{Color, Config, Discovery};
+use crate::discovery::{Resolver, Watch};
+use crate::endpoints::{Endpoint, EndpointSet};
+use crate::exchange::{Exchange, RequestBody, ResponseBody};
+use crate::metrics::{ErrorLabels, Metrics};
+use crate::upstream::{ErrorKind, UpstreamClient};
 
 /// The body the proxy answers with: the upstream's, streamed, or a short message of its own.
 pub type ProxyBody = ResponseBody;
@@ -49,9 +53,33 @@ struct Target {
     color: Color,
     /// The `Color` header value, built once.
     header: HeaderValue,
-    /// Metric label and log field values, interned once.
+    /// Metric label and log field value, interned once.
     name: &'static str,
-    upstream: &'static str,
+    endpoints: Arc<EndpointSet>,
+    /// Set while the color has no live endpoint, so that failover is logged once per change.
+    down: AtomicBool,
+}
+
+impl Target {
+    /// Whether the color can take requests; logs when that changes.
+    fn is_up(&self) -> bool {
+        let up = self.endpoints.has_live();
+        if self.down.swap(!up, Ordering::Relaxed) == up {
+            if up {
+                info!(
+                    color = self.name,
+                    "color has live endpoints again: back to its configured share"
+                );
+            } else {
+                warn!(
+                    color = self.name,
+                    reason = %self.endpoints.last_error().unwrap_or_else(|| "every endpoint is ejected".into()),
+                    "color has no live endpoint: its share goes to the other colors"
+                );
+            }
+        }
+        up
+    }
 }
 
 pub struct Proxy {
@@ -67,22 +95,33 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Proxy {
+    /// Colors whose upstream is an IP address, or without discovery, have their one endpoint
+    /// from the start; the others start empty until [`Proxy::watches`] are refreshed.
+    pub fn new(config: &Config, metrics: Arc<Metrics>, resolver: Resolver) -> Proxy {
         let targets = config
             .colors
             .iter()
-            .map(|color| Target {
-                header: HeaderValue::from_str(&color.name).expect("color names are validated"),
-                name: intern(&color.name),
-                upstream: intern(color.upstream.authority.as_str()),
-                color: color.clone(),
+            .zip(metrics.color_names())
+            .map(|(color, &name)| {
+                let endpoints = if needs_discovery(color) {
+                    EndpointSet::default()
+                } else {
+                    EndpointSet::new([color.upstream.authority.clone()])
+                };
+                Target {
+                    header: HeaderValue::from_str(&color.name).expect("color names are validated"),
+                    name,
+                    endpoints: Arc::new(endpoints),
+                    down: AtomicBool::new(false),
+                    color: color.clone(),
+                }
             })
             .collect();
         Proxy {
             tunnels: Arc::default(),
             targets,
             balancer: Balancer::new(config.colors.iter().map(|c| c.weight)),
-            client: UpstreamClient::new(config.connect_timeout, config.request_timeout),
+            client: UpstreamClient::new(config.connect_timeout, config.request_timeout, resolver),
             metrics,
             access_log: config.access_log,
             config_header: config
@@ -91,8 +130,31 @@ impl Proxy {
         }
     }
 
+    /// The discovery work of the colors that need it.
+    pub fn watches(&self) -> Vec<Watch> {
+        self.targets
+            .iter()
+            .filter(|t| needs_discovery(&t.color))
+            .map(|t| Watch {
+                color: t.name,
+                host: t.color.upstream.host.clone(),
+                port: t.color.upstream.port,
+                mode: t.color.discovery,
+                endpoints: t.endpoints.clone(),
+            })
+            .collect()
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Brings the per-color endpoint gauges up to date.
+    pub fn update_endpoint_metrics(&self) {
+        for t in &self.targets {
+            let (live, ejected) = t.endpoints.counts();
+            self.metrics.set_endpoints(t.name, live, ejected);
+        }
     }
 
     pub fn open_tunnels(&self) -> usize {
@@ -113,22 +175,16 @@ impl Proxy {
     }
 
     pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
-        let target = self
-            .balancer
-            .pick(&mut rand::rng())
-            .map(|i| &self.targets[i]);
-        let (name, upstream) = target.map_or((NO_COLOR, "-"), |t| (t.name, t.upstream));
-        let exchange =
-            Exchange::begin(&self.metrics, self.access_log, &req, client, name, upstream);
-        let mut resp = match target {
-            Some(target) => self.forward(req, client, target, &exchange).await,
+        let exchange = Exchange::begin(&self.metrics, self.access_log, &req, client);
+        let mut resp = match self.pick_color() {
+            Some(i) => self.forward(req, client, i, &exchange).await,
             None => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "colorproxy: no backend is configured\n".into(),
             ),
         };
         if let Some(config) = &self.config_header {
-            if let Some(target) = target {
+            if let Some(target) = self.targets.get(exchange.color_index()) {
                 resp.headers_mut()
                     .insert(COLOR.clone(), target.header.clone());
             }
@@ -138,34 +194,121 @@ impl Proxy {
         exchange.respond(resp)
     }
 
+    /// The color of a new request: by weight, among the colors that have a live endpoint.
+    /// When none has, the weighted pick stands: trying beats refusing.
+    fn pick_color(&self) -> Option<usize> {
+        let i = self.balancer.pick(&mut rand::rng())?;
+        if self.targets[i].is_up() {
+            return Some(i);
+        }
+        Some(self.failover(i).unwrap_or(i))
+    }
+
+    /// Another color that is up, by weight; `None` when no other color is.
+    fn failover(&self, from: usize) -> Option<usize> {
+        let weights = self.targets.iter().enumerate().map(|(j, t)| {
+            if j != from && t.color.weight > 0 && t.is_up() {
+                t.color.weight
+            } else {
+                0
+            }
+        });
+        Balancer::new(weights).pick(&mut rand::rng())
+    }
+
+    /// The endpoint for a retry: another live one of the same color, else one of another color.
+    fn retry_target(&self, i: usize, failed: &Authority) -> Option<(usize, Arc<Endpoint>)> {
+        let mut rng = rand::rng();
+        if let Some(e) = self.targets[i]
+            .endpoints
+            .pick(&mut rng, Some(failed), false)
+        {
+            return Some((i, e));
+        }
+        let j = self.failover(i)?;
+        let e = self.targets[j].endpoints.pick(&mut rng, None, false)?;
+        Some((j, e))
+    }
+
     async fn forward(
         &self,
         mut req: Request<Incoming>,
         client: SocketAddr,
-        target: &Target,
+        color: usize,
         exchange: &Arc<Exchange>,
     ) -> Response<Body> {
         let upgrade = upgrade_protocol(&req);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-        let req = match rewrite(req, target, client, upgrade) {
-            Ok(req) => req,
-            Err(msg) => return text(StatusCode::BAD_REQUEST, format!("colorproxy: {msg}\n")),
-        };
+        let (mut parts, body) = req.into_parts();
+        prepare_headers(&mut parts, client, upgrade);
+        let body_empty = hyper::body::Body::is_end_stream(&body);
+        let mut body = Some(body);
 
-        let mut resp = match self.client.send(req, exchange).await {
-            Ok(resp) => resp,
-            Err(e) => {
-                let color = &target.color;
-                self.metrics
-                    .upstream_errors
-                    .get_or_create(&ErrorLabels {
-                        color: target.name,
-                        kind: e.kind.as_str(),
-                    })
-                    .inc();
+        let first = &self.targets[color];
+        let health_matters = first.endpoints.has_live();
+        let Some(endpoint) = first
+            .endpoints
+            .pick(&mut rand::rng(), None, !health_matters)
+        else {
+            exchange.attempt(color, None);
+            return self.no_endpoint(first);
+        };
+        let mut attempt = (color, endpoint);
+        let mut retried = false;
+        loop {
+            let (i, endpoint) = attempt;
+            let target = &self.targets[i];
+            let req = match upstream_request(&parts, target, &endpoint, body.take(), exchange) {
+                Ok(req) => req,
+                Err(msg) => return text(StatusCode::BAD_REQUEST, format!("colorproxy: {msg}\n")),
+            };
+            exchange.attempt(i, Some(endpoint.clone()));
+            let e = match self.client.send(req, exchange).await {
+                Ok(resp) => {
+                    if endpoint.record_success() {
+                        info!(color = target.name, endpoint = %endpoint.authority, "endpoint answers again");
+                    }
+                    return self.upstream_response(resp, client_upgrade, target);
+                }
+                Err(e) => e,
+            };
+            self.metrics
+                .upstream_errors
+                .get_or_create(&ErrorLabels {
+                    color: target.name,
+                    kind: e.kind.as_str(),
+                })
+                .inc();
+            if e.kind != ErrorKind::Timeout
+                && let Some(ejected_for) = endpoint.record_failure()
+            {
                 warn!(
-                    color = %color.name,
-                    upstream = %color.upstream.url,
+                    color = target.name,
+                    endpoint = %endpoint.authority,
+                    ejected_for = %humantime::format_duration(ejected_for),
+                    "endpoint ejected after failing"
+                );
+            }
+            let unsent = exchange.take_unsent_body();
+            // Nothing reached the upstream after a failed connect: any request may go
+            // elsewhere. After a reset it may have been processed: only a bodiless idempotent
+            // request may.
+            let retry = !retried
+                && match e.kind {
+                    ErrorKind::Connect | ErrorKind::Dns => body_empty || unsent.is_some(),
+                    ErrorKind::Reset => body_empty && parts.method.is_idempotent(),
+                    ErrorKind::Timeout => false,
+                };
+            let next = if retry {
+                self.retry_target(i, &endpoint.authority)
+            } else {
+                None
+            };
+            let Some(next) = next else {
+                warn!(
+                    color = target.name,
+                    upstream = %target.color.upstream.url,
+                    endpoint = %endpoint.authority,
                     kind = %e.kind.as_str(),
                     cause = %e.cause,
                     "upstream request failed"
@@ -174,37 +317,83 @@ impl Proxy {
                     e.kind.status(),
                     format!(
                         "colorproxy: upstream {} ({}) failed: {e}\n",
-                        color.name, color.upstream.url
+                        target.name, target.color.upstream.url
                     ),
                 );
-            }
-        };
+            };
+            debug!(
+                color = target.name,
+                endpoint = %endpoint.authority,
+                kind = %e.kind.as_str(),
+                retry_color = self.targets[next.0].name,
+                retry_endpoint = %next.1.authority,
+                "retrying on another endpoint"
+            );
+            body = if body_empty { None } else { unsent };
+            retried = true;
+            attempt = next;
+        }
+    }
 
+    fn no_endpoint(&self, target: &Target) -> Response<Body> {
+        let why = target
+            .endpoints
+            .last_error()
+            .unwrap_or_else(|| "not resolved yet".into());
+        self.metrics
+            .upstream_errors
+            .get_or_create(&ErrorLabels {
+                color: target.name,
+                kind: ErrorKind::Dns.as_str(),
+            })
+            .inc();
+        warn!(color = target.name, upstream = %target.color.upstream.url, reason = %why, "no endpoint to send to");
+        text(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "colorproxy: upstream {} ({}) has no endpoint: {why}\n",
+                target.name, target.color.upstream.url
+            ),
+        )
+    }
+
+    fn upstream_response(
+        &self,
+        mut resp: Response<Incoming>,
+        client_upgrade: Option<OnUpgrade>,
+        target: &Target,
+    ) -> Response<Body> {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
-                warn!(color = %target.color.name, "upstream switched protocols without being asked");
+                warn!(
+                    color = target.name,
+                    "upstream switched protocols without being asked"
+                );
                 return text(
                     StatusCode::BAD_GATEWAY,
                     format!(
                         "colorproxy: upstream {} sent an unrequested 101\n",
-                        target.color.name
+                        target.name
                     ),
                 );
             };
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            let target_name = target.name;
             let guard = TunnelGuard::new(&self.tunnels);
+            let color = target.name;
             tokio::spawn(async move {
-                tunnel(client_upgrade, upstream_upgrade, target_name).await;
+                tunnel(client_upgrade, upstream_upgrade, color).await;
                 drop(guard);
             });
             let (parts, _) = resp.into_parts();
             return Response::from_parts(parts, Either::Right(Full::default()));
         }
-
         strip_hop_by_hop(resp.headers_mut());
         resp.map(Either::Left)
     }
+}
+
+fn needs_discovery(color: &Color) -> bool {
+    color.discovery != Discovery::Off && !color.upstream.is_ip()
 }
 
 /// The protocol of an HTTP/1.1 upgrade request (WebSocket), the one case where `Upgrade` and
@@ -225,16 +414,8 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// Turns the client's request into the request for the target's upstream.
-fn rewrite(
-    req: Request<Incoming>,
-    target: &Target,
-    client: SocketAddr,
-    upgrade: Option<HeaderValue>,
-) -> Result<Request<Incoming>, String> {
-    let upstream = &target.color.upstream;
-    let (mut parts, body) = req.into_parts();
-    let uri = upstream_uri(&upstream.authority, &upstream.base_path, &parts.uri)?;
+/// Proxy hygiene on the client's request head, done once whatever endpoint it goes to.
+fn prepare_headers(parts: &mut Parts, client: SocketAddr, upgrade: Option<HeaderValue>) {
     // HTTP/2 clients name the host in the URI; HTTP/1 clients in Host.
     let host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
@@ -242,7 +423,6 @@ fn rewrite(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     if let Some(protocol) = upgrade {
@@ -264,13 +444,31 @@ fn rewrite(
     if !proto_ok {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
+}
+
+/// The request for one attempt: the prepared head, addressed to `endpoint`, with the color.
+fn upstream_request(
+    parts: &Parts,
+    target: &Target,
+    endpoint: &Endpoint,
+    body: Option<Incoming>,
+    exchange: &Arc<Exchange>,
+) -> Result<Request<RequestBody>, String> {
+    let uri = upstream_uri(
+        &endpoint.authority,
+        &target.color.upstream.base_path,
+        &parts.uri,
+    )?;
+    let mut req = Request::new(RequestBody::new(body, exchange.clone()));
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    // Upstreams are spoken to in HTTP/1.1 whatever the client spoke.
+    *req.version_mut() = Version::HTTP_11;
+    let headers = req.headers_mut();
+    *headers = parts.headers.clone();
     // insert() replaces every value the client sent: the color cannot be spoofed.
     headers.insert(COLOR.clone(), target.header.clone());
-
-    parts.uri = uri;
-    // Upstreams are spoken to in HTTP/1.1 whatever the client spoke.
-    parts.version = Version::HTTP_11;
-    Ok(Request::from_parts(parts, body))
+    Ok(req)
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {

@@ -7,7 +7,6 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::io;
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::{Body, Incoming};
@@ -16,6 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::discovery::{ConnectorResolve, Resolver};
 use crate::exchange::{Exchange, RequestBody};
 
 /// Idle upstream connections are closed well before IPVS forgets them (900 s) and before
@@ -24,7 +24,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpConnector, RequestBody>,
+    client: Client<HttpConnector<ConnectorResolve>, RequestBody>,
     request_timeout: Duration,
 }
 
@@ -73,8 +73,12 @@ impl fmt::Display for UpstreamError {
 }
 
 impl UpstreamClient {
-    pub fn new(connect_timeout: Duration, request_timeout: Duration) -> UpstreamClient {
-        let mut connector = HttpConnector::new();
+    pub fn new(
+        connect_timeout: Duration,
+        request_timeout: Duration,
+        resolver: Resolver,
+    ) -> UpstreamClient {
+        let mut connector = HttpConnector::new_with_resolver(ConnectorResolve(resolver));
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
@@ -95,11 +99,10 @@ impl UpstreamClient {
     /// multi-GB upload may take longer than any sensible wait for a response head.
     pub async fn send(
         &self,
-        req: Request<Incoming>,
-        exchange: &Arc<Exchange>,
+        req: Request<RequestBody>,
+        exchange: &Exchange,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let body_pending = !req.body().is_end_stream();
-        let req = req.map(|body| RequestBody::new(body, exchange.clone()));
         let response = self.client.request(req);
         tokio::pin!(response);
         if body_pending {

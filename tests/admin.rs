@@ -42,13 +42,22 @@ async fn scrape_until(client: &HttpClient, url: &str, done: impl Fn(&str) -> boo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_the_requests_actually_sent() {
     let blue = Backend::echo("blue").await;
-    let dead = dead_address().await;
-    let mut proxy = ProxyProcess::start(&[
-        ("BLUE", &blue.url()),
-        ("GREEN", &dead),
-        ("BLUE_WEIGHT", "3"),
-        ("GREEN_WEIGHT", "1"),
-    ]);
+    // Green's app answers 502 itself: a canary that is up but broken.
+    let green = Backend::start(|_req: Request<Incoming>| async {
+        hyper::Response::builder()
+            .status(502)
+            .body(Full::new(Bytes::from("broken")))
+            .unwrap()
+    })
+    .await;
+    let env = [
+        ("BLUE", blue.url()),
+        ("GREEN", green.url()),
+        ("BLUE_WEIGHT", "3".to_string()),
+        ("GREEN_WEIGHT", "1".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut proxy = ProxyProcess::start(&env);
     let client = client();
     let (mut ok, mut bad) = (0u32, 0u32);
     for _ in 0..400 {
@@ -71,17 +80,12 @@ async fn metrics_count_the_requests_actually_sent() {
     assert_eq!(
         sample(
             &m,
-            r#"colorproxy_upstream_errors_total{color="green",kind="connect"}"#
-        ),
-        Some(f64::from(bad))
-    );
-    assert_eq!(
-        sample(
-            &m,
             r#"colorproxy_request_duration_seconds_count{color="blue"}"#
         ),
         Some(f64::from(ok))
     );
+    // An app's own 502 is not an upstream error.
+    assert!(!m.contains("colorproxy_upstream_errors_total{"), "{m}");
     assert_eq!(
         sample(&m, r#"colorproxy_backend_weight{color="blue"}"#),
         Some(3.0)
@@ -91,17 +95,16 @@ async fn metrics_count_the_requests_actually_sent() {
         Some(0.25)
     );
     assert_eq!(sample(&m, "colorproxy_in_flight_requests"), Some(0.0));
+    assert_eq!(
+        sample(&m, r#"colorproxy_endpoints{color="green",state="live"}"#),
+        Some(1.0)
+    );
     // The keep-alive client holds one connection open.
     assert!(
         sample(&m, "colorproxy_connections_open").unwrap() >= 1.0,
         "{m}"
     );
-    let hash = parse_check_json(&[
-        ("BLUE", &blue.url()),
-        ("GREEN", &dead),
-        ("BLUE_WEIGHT", "3"),
-        ("GREEN_WEIGHT", "1"),
-    ])["config_hash"]
+    let hash = parse_check_json(&env)["config_hash"]
         .as_str()
         .unwrap()
         .to_string();
@@ -110,6 +113,33 @@ async fn metrics_count_the_requests_actually_sent() {
         env!("CARGO_PKG_VERSION")
     );
     assert_eq!(sample(&m, &build), Some(1.0), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_errors_are_counted_by_kind() {
+    let dead = dead_address().await;
+    let mut proxy = ProxyProcess::start(&[("BLUE", &dead)]);
+    let client = client();
+    for _ in 0..10 {
+        assert_eq!(get(&client, &proxy.url("/")).await.status, 502);
+    }
+    let url = proxy.admin_url("/metrics");
+    let code_502 = r#"colorproxy_requests_total{color="blue",code="502"}"#;
+    let m = scrape_until(&client, &url, |m| sample(m, code_502) == Some(10.0)).await;
+    assert_eq!(sample(&m, code_502), Some(10.0), "{m}");
+    // One attempt per request: there is no other endpoint or color to retry on.
+    assert_eq!(
+        sample(
+            &m,
+            r#"colorproxy_upstream_errors_total{color="blue",kind="connect"}"#
+        ),
+        Some(10.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, r#"colorproxy_endpoints{color="blue",state="ejected"}"#),
+        Some(1.0)
+    );
 }
 
 fn parse_check_json(env: &[(&str, &str)]) -> serde_json::Value {

@@ -52,6 +52,24 @@ fn every_configuration_error_is_reported_with_exit_code_1() {
             &["COLORS=\"blue,re d\"", "letters, digits"],
         ),
         (&[("RUST_LOG", "[[")], &["RUST_LOG="]),
+        (&[("DNS_REFRESH", "often")], &["DNS_REFRESH=\"often\""]),
+        (
+            &[("RESOLVER", "dns.example:53")],
+            &["RESOLVER=\"dns.example:53\"", "ip[:port]"],
+        ),
+        (
+            &[("BLUE", "http://a"), ("BLUE_DISCOVERY", "k8s")],
+            &["BLUE_DISCOVERY=\"k8s\"", "auto, tasks, dns or off"],
+        ),
+        (&[("ADMIN_LISTEN", "9901")], &["ADMIN_LISTEN=\"9901\""]),
+        (
+            &[("ACCESS_LOG", "verbose")],
+            &["ACCESS_LOG=\"verbose\"", "on or off"],
+        ),
+        (
+            &[("RESPONSE_HEADERS", "yes please")],
+            &["RESPONSE_HEADERS="],
+        ),
         (
             &[
                 ("BLUE", "http://a"),

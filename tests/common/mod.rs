@@ -20,6 +20,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+pub mod dns;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_colorproxy");
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
