@@ -25,7 +25,10 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
 pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
 
 /// Per-color variables are the color's name plus one of these.
-const COLOR_SUFFIXES: &[&str] = &["_WEIGHT", "_DISCOVERY"];
+const COLOR_SUFFIXES: &[&str] = &["_WEIGHT", "_DISCOVERY", "_PREFIX"];
+pub const DEFAULT_STICKY_COOKIE: &str = "colorproxy_bucket";
+/// Sticky clients are spread over this many buckets; each color owns a slice of them.
+pub const BUCKETS: u32 = 10_000;
 const DEFAULT_LOG_FILTER: &str = "info";
 
 /// Variables with a fixed meaning; a color whose variable would collide with one is rejected.
@@ -42,6 +45,9 @@ const RESERVED: &[&str] = &[
     "RESPONSE_HEADERS",
     "DNS_REFRESH",
     "RESOLVER",
+    "STICKY",
+    "STICKY_COOKIE",
+    "OVERRIDE_HEADER",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +66,10 @@ pub struct Config {
     pub dns_refresh: Duration,
     /// A nameserver to ask instead of the system's (`/etc/resolv.conf`).
     pub resolver: Option<SocketAddr>,
+    pub sticky: Sticky,
+    pub sticky_cookie: String,
+    /// A request header that may force a color (lowercase), e.g. `x-color`.
+    pub override_header: Option<String>,
     /// Configured colors in `COLORS` order; colors whose URL variable is unset are absent.
     pub colors: Vec<Color>,
     /// `*_WEIGHT` variables that belong to no configured color: worth a warning, since a typo
@@ -80,6 +90,29 @@ pub struct Color {
     pub upstream: Upstream,
     pub weight: u32,
     pub discovery: Discovery,
+    /// The path prefix this color serves (`/` for every path), without a trailing slash.
+    pub prefix: String,
+}
+
+/// How a client keeps its color across requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    /// A new pick for every request.
+    Off,
+    /// A random bucket stored in a cookie.
+    Cookie,
+    /// A bucket from a hash of this request header (lowercase name).
+    Header(String),
+}
+
+impl Sticky {
+    pub fn describe(&self) -> String {
+        match self {
+            Sticky::Off => "off".into(),
+            Sticky::Cookie => "cookie".into(),
+            Sticky::Header(h) => format!("header:{h}"),
+        }
+    }
 }
 
 /// How a color's host becomes endpoints.
@@ -168,6 +201,9 @@ struct Settings {
     response_headers: Option<String>,
     dns_refresh: Option<String>,
     resolver: Option<String>,
+    sticky: Option<String>,
+    sticky_cookie: Option<String>,
+    override_header: Option<String>,
 }
 
 impl Upstream {
@@ -289,6 +325,45 @@ impl Config {
                 }
             }
         });
+        let sticky = match settings.sticky.as_deref().map(str::trim) {
+            None | Some("off") => Sticky::Off,
+            Some("cookie") => Sticky::Cookie,
+            Some(v) => match v.strip_prefix("header:").map(str::trim) {
+                Some(name) if is_header_name(name) => Sticky::Header(name.to_ascii_lowercase()),
+                _ => {
+                    problems.push(problem(
+                        "STICKY",
+                        v,
+                        "expected off, cookie or header:<Name> (e.g. header:X-User-Id)",
+                    ));
+                    Sticky::Off
+                }
+            },
+        };
+        let sticky_cookie = match settings.sticky_cookie.as_deref().map(str::trim) {
+            None => DEFAULT_STICKY_COOKIE.to_string(),
+            Some(v) if !v.is_empty() && v.bytes().all(is_cookie_name_byte) => v.to_string(),
+            Some(v) => {
+                problems.push(problem(
+                    "STICKY_COOKIE",
+                    v,
+                    "expected a cookie name of letters, digits and !#$%&'*+-.^_`|~",
+                ));
+                DEFAULT_STICKY_COOKIE.to_string()
+            }
+        };
+        let override_header = match settings.override_header.as_deref().map(str::trim) {
+            None | Some("off") => None,
+            Some(v) if is_header_name(v) => Some(v.to_ascii_lowercase()),
+            Some(v) => {
+                problems.push(problem(
+                    "OVERRIDE_HEADER",
+                    v,
+                    "expected a header name such as X-Color, or off",
+                ));
+                None
+            }
+        };
         let log_format = match settings.log_format.as_deref().map(str::trim) {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -343,6 +418,26 @@ impl Config {
                     Discovery::Auto
                 }
             };
+            let prefix_var = format!("{var}_PREFIX");
+            let prefix = match env.get(&prefix_var).map(|v| v.trim()) {
+                None => "/".to_string(),
+                Some(v) if v.starts_with('/') && !v.contains(['?', '#', ' ']) => {
+                    let trimmed = v.trim_end_matches('/');
+                    if trimmed.is_empty() {
+                        "/".to_string()
+                    } else {
+                        trimmed.to_string()
+                    }
+                }
+                Some(v) => {
+                    problems.push(problem(
+                        &prefix_var,
+                        v,
+                        "expected a path prefix starting with /, e.g. /films",
+                    ));
+                    "/".to_string()
+                }
+            };
             let Some(url) = env.get(&var) else { continue };
             match parse_upstream(url) {
                 Ok(upstream) => {
@@ -358,21 +453,27 @@ impl Config {
                         upstream,
                         weight,
                         discovery,
+                        prefix,
                     })
                 }
                 Err(expected) => problems.push(problem(&var, url, &expected)),
             }
         }
-        if !colors.is_empty() && colors.iter().all(|c| c.weight == 0) {
-            let vars: Vec<String> = colors
-                .iter()
-                .map(|c| format!("{}_WEIGHT", c.name.to_uppercase()))
-                .collect();
-            problems.push(problem(
-                &vars.join(","),
-                "0",
-                "expected at least one configured color with a weight above 0",
-            ));
+        for (prefix, group) in routes(&colors) {
+            if group.iter().all(|&i| colors[i].weight == 0) {
+                let vars: Vec<String> = group
+                    .iter()
+                    .map(|&i| format!("{}_WEIGHT", colors[i].name.to_uppercase()))
+                    .collect();
+                let scope = if prefix == "/" {
+                    "expected at least one configured color with a weight above 0".to_string()
+                } else {
+                    format!(
+                        "expected at least one color with a weight above 0 on the route {prefix}"
+                    )
+                };
+                problems.push(problem(&vars.join(","), "0", &scope));
+            }
         }
 
         let configured: HashSet<&str> = colors.iter().map(|c| c.name.as_str()).collect();
@@ -410,17 +511,21 @@ impl Config {
             response_headers,
             dns_refresh,
             resolver,
+            sticky,
+            sticky_cookie,
+            override_header,
             colors,
             warnings,
         })
     }
 
-    /// Sum of the configured weights: shares are `weight / total_weight`.
-    pub fn total_weight(&self) -> u64 {
-        self.colors.iter().map(|c| u64::from(c.weight)).sum()
+    /// The routes: each distinct prefix with the positions of its colors, in COLORS order.
+    pub fn routes(&self) -> Vec<(&str, Vec<usize>)> {
+        routes(&self.colors)
     }
 
-    /// The effective routing table, as `colorproxy check` prints it and startup logs it.
+    /// The effective routing table, as `colorproxy check` prints it and startup logs it:
+    /// grouped by route, shares within each route.
     pub fn table(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
@@ -430,22 +535,27 @@ impl Config {
         }
         let width =
             |f: fn(&Color) -> usize, min| self.colors.iter().map(f).max().unwrap_or(0).max(min);
+        let wr = width(|c| c.prefix.len(), 5);
         let wn = width(|c| c.name.len(), 5);
         let wu = width(|c| c.upstream.url.len(), 8);
         let _ = writeln!(
             out,
-            "{:wn$}  {:wu$}  {:>6}  {:>6}",
-            "COLOR", "UPSTREAM", "WEIGHT", "SHARE"
+            "{:wr$}  {:wn$}  {:wu$}  {:>6}  {:>6}",
+            "ROUTE", "COLOR", "UPSTREAM", "WEIGHT", "SHARE"
         );
-        for c in &self.colors {
-            let _ = writeln!(
-                out,
-                "{:wn$}  {:wu$}  {:>6}  {:>5.1}%",
-                c.name,
-                c.upstream.url,
-                c.weight,
-                self.share(c)
-            );
+        for (_, group) in self.routes() {
+            for i in group {
+                let c = &self.colors[i];
+                let _ = writeln!(
+                    out,
+                    "{:wr$}  {:wn$}  {:wu$}  {:>6}  {:>5.1}%",
+                    c.prefix,
+                    c.name,
+                    c.upstream.url,
+                    c.weight,
+                    self.share(c)
+                );
+            }
         }
         out
     }
@@ -459,10 +569,15 @@ impl Config {
         for c in &self.colors {
             let u = &c.upstream;
             hasher.update(format!(
-                "{}\t{}\t{}\t{}\n",
-                c.name, u.authority, u.base_path, c.weight
+                "{}\t{}\t{}\t{}\t{}\n",
+                c.name, u.authority, u.base_path, c.weight, c.prefix
             ));
         }
+        hasher.update(format!(
+            "sticky {}\noverride {:?}\n",
+            self.sticky.describe(),
+            self.override_header
+        ));
         hasher.finalize()[..6]
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -472,21 +587,34 @@ impl Config {
     /// The effective configuration as JSON: what `/config` serves and `check --json` prints.
     pub fn view(&self) -> serde_json::Value {
         let d = |d: Duration| humantime::format_duration(d).to_string();
-        let colors: Vec<_> = self
-            .colors
-            .iter()
-            .map(|c| {
-                serde_json::json!({
-                    "name": c.name,
-                    "upstream": c.upstream.url,
-                    "weight": c.weight,
-                    "share": (self.share(c) * 10.0).round() / 10.0,
-                })
+        let routes: Vec<_> = self
+            .routes()
+            .into_iter()
+            .map(|(prefix, group)| {
+                let colors: Vec<_> = group
+                    .iter()
+                    .map(|&i| {
+                        let c = &self.colors[i];
+                        serde_json::json!({
+                            "name": c.name,
+                            "upstream": c.upstream.url,
+                            "weight": c.weight,
+                            "share": (self.share(c) * 10.0).round() / 10.0,
+                            "discovery": c.discovery.as_str(),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({ "prefix": prefix, "colors": colors })
             })
             .collect();
         serde_json::json!({
             "config_hash": self.config_hash(),
-            "colors": colors,
+            "routes": routes,
+            "sticky": self.sticky.describe(),
+            "sticky_cookie": self.sticky_cookie,
+            "override_header": self.override_header,
+            "dns_refresh": d(self.dns_refresh),
+            "resolver": self.resolver.map(|a| a.to_string()),
             "listen": self.listen.to_string(),
             "admin_listen": self.admin_listen.map(|a| a.to_string()),
             "connect_timeout": d(self.connect_timeout),
@@ -497,14 +625,40 @@ impl Config {
         })
     }
 
-    /// The percentage of new requests a color receives.
+    /// The percentage of its route's new requests a color receives.
     pub fn share(&self, color: &Color) -> f64 {
-        let total = self.total_weight();
+        let total: u64 = self
+            .colors
+            .iter()
+            .filter(|c| c.prefix == color.prefix)
+            .map(|c| u64::from(c.weight))
+            .sum();
         if total == 0 {
             return 0.0;
         }
         100.0 * f64::from(color.weight) / total as f64
     }
+}
+
+/// Groups colors by prefix: (prefix, positions), prefixes in order of first appearance.
+fn routes(colors: &[Color]) -> Vec<(&str, Vec<usize>)> {
+    let mut routes: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (i, c) in colors.iter().enumerate() {
+        match routes.iter_mut().find(|(p, _)| *p == c.prefix) {
+            Some((_, group)) => group.push(i),
+            None => routes.push((&c.prefix, vec![i])),
+        }
+    }
+    routes
+}
+
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty() && hyper::header::HeaderName::from_bytes(name.as_bytes()).is_ok()
+}
+
+/// RFC 6265 cookie-name: an RFC 9110 token.
+fn is_cookie_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn problem(var: &str, value: &str, expected: &str) -> Problem {

@@ -13,11 +13,12 @@ use hyper::http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
+use rand::RngExt;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::balancer::Balancer;
-use crate::config::{Color, Config, Discovery};
+use crate::config::{BUCKETS, Color, Config, Discovery, Sticky};
 use crate::discovery::{Resolver, Watch};
 use crate::endpoints::{Endpoint, EndpointSet};
 use crate::exchange::{Exchange, RequestBody, ResponseBody};
@@ -86,7 +87,11 @@ pub struct Proxy {
     /// Upgraded connections (WebSocket) outlive their HTTP connection; drain waits for them.
     tunnels: Arc<Tunnels>,
     targets: Vec<Target>,
-    balancer: Balancer,
+    /// Longest prefix first.
+    routes: Vec<Route>,
+    sticky: Sticky,
+    sticky_cookie: String,
+    override_header: Option<HeaderName>,
     client: UpstreamClient,
     metrics: Arc<Metrics>,
     access_log: bool,
@@ -117,10 +122,26 @@ impl Proxy {
                 }
             })
             .collect();
+        let mut routes: Vec<Route> = config
+            .routes()
+            .into_iter()
+            .map(|(prefix, colors)| Route {
+                prefix: prefix.to_string(),
+                balancer: Balancer::new(colors.iter().map(|&i| config.colors[i].weight)),
+                colors,
+            })
+            .collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Proxy {
             tunnels: Arc::default(),
             targets,
-            balancer: Balancer::new(config.colors.iter().map(|c| c.weight)),
+            routes,
+            sticky: config.sticky.clone(),
+            sticky_cookie: config.sticky_cookie.clone(),
+            override_header: config
+                .override_header
+                .as_deref()
+                .map(|h| HeaderName::from_bytes(h.as_bytes()).expect("header names are validated")),
             client: UpstreamClient::new(config.connect_timeout, config.request_timeout, resolver),
             metrics,
             access_log: config.access_log,
@@ -176,12 +197,26 @@ impl Proxy {
 
     pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
         let exchange = Exchange::begin(&self.metrics, self.access_log, &req, client);
-        let mut resp = match self.pick_color() {
-            Some(i) => self.forward(req, client, i, &exchange).await,
-            None => text(
+        let route = self.route_for(req.uri().path());
+        let mut resp = match route {
+            _ if self.targets.is_empty() => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "colorproxy: no backend is configured\n".into(),
             ),
+            None => text(
+                StatusCode::NOT_FOUND,
+                format!("colorproxy: no route for {}\n", req.uri().path()),
+            ),
+            Some(route) => {
+                let choice = self.choose(route, &req);
+                let mut resp = self
+                    .forward(req, client, route, choice.color, choice.forced, &exchange)
+                    .await;
+                if let Some(cookie) = choice.set_cookie {
+                    resp.headers_mut().append(header::SET_COOKIE, cookie);
+                }
+                resp
+            }
         };
         if let Some(config) = &self.config_header {
             if let Some(target) = self.targets.get(exchange.color_index()) {
@@ -194,30 +229,105 @@ impl Proxy {
         exchange.respond(resp)
     }
 
-    /// The color of a new request: by weight, among the colors that have a live endpoint.
-    /// When none has, the weighted pick stands: trying beats refusing.
-    fn pick_color(&self) -> Option<usize> {
-        let i = self.balancer.pick(&mut rand::rng())?;
-        if self.targets[i].is_up() {
-            return Some(i);
-        }
-        Some(self.failover(i).unwrap_or(i))
+    /// The route of the longest prefix that matches `path` on a segment boundary.
+    fn route_for(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| prefix_matches(&r.prefix, path))
     }
 
-    /// Another color that is up, by weight; `None` when no other color is.
-    fn failover(&self, from: usize) -> Option<usize> {
-        let weights = self.targets.iter().enumerate().map(|(j, t)| {
+    /// The color of a new request: forced by the override header, from the sticky bucket, or
+    /// by weight; a color without a live endpoint gives its share to the route's other colors.
+    fn choose(&self, route: &Route, req: &Request<Incoming>) -> Choice {
+        if let Some(forced) = self.forced_color(route, req) {
+            return Choice {
+                color: forced,
+                forced: true,
+                set_cookie: None,
+            };
+        }
+        let mut rng = rand::rng();
+        let mut set_cookie = None;
+        let position = match &self.sticky {
+            Sticky::Off => route.balancer.pick(&mut rng),
+            Sticky::Cookie => {
+                let bucket =
+                    cookie_bucket(req.headers(), &self.sticky_cookie).unwrap_or_else(|| {
+                        let bucket = rng.random_range(0..BUCKETS);
+                        set_cookie = Some(self.bucket_cookie(bucket, req.headers()));
+                        bucket
+                    });
+                route.balancer.for_bucket(bucket)
+            }
+            Sticky::Header(name) => match req.headers().get(name.as_str()) {
+                Some(value) => route.balancer.for_bucket(hash_bucket(value.as_bytes())),
+                None => route.balancer.pick(&mut rng),
+            },
+        };
+        // Config guarantees every route a weight above zero.
+        let color = route.colors[position.unwrap_or(0)];
+        let color = if self.targets[color].is_up() {
+            color
+        } else {
+            self.failover(route, color).unwrap_or(color)
+        };
+        Choice {
+            color,
+            forced: false,
+            set_cookie,
+        }
+    }
+
+    /// A configured color of this route named by the override header; unknown names are
+    /// ignored (a normal pick follows), never an error.
+    fn forced_color(&self, route: &Route, req: &Request<Incoming>) -> Option<usize> {
+        let name = req
+            .headers()
+            .get(self.override_header.as_ref()?)?
+            .to_str()
+            .ok()?
+            .trim();
+        route
+            .colors
+            .iter()
+            .copied()
+            .find(|&i| self.targets[i].color.name.eq_ignore_ascii_case(name))
+    }
+
+    fn bucket_cookie(&self, bucket: u32, headers: &HeaderMap) -> HeaderValue {
+        let secure = headers
+            .get(&X_FORWARDED_PROTO)
+            .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
+        let cookie = format!(
+            "{}={bucket}; Path=/; Max-Age={STICKY_MAX_AGE_SECS}; HttpOnly; SameSite=Lax{}",
+            self.sticky_cookie,
+            if secure { "; Secure" } else { "" }
+        );
+        HeaderValue::from_str(&cookie).expect("cookie names are validated")
+    }
+
+    /// Another color of the route that is up, by weight; `None` when no other color is.
+    fn failover(&self, route: &Route, from: usize) -> Option<usize> {
+        let weights = route.colors.iter().map(|&j| {
+            let t = &self.targets[j];
             if j != from && t.color.weight > 0 && t.is_up() {
                 t.color.weight
             } else {
                 0
             }
         });
-        Balancer::new(weights).pick(&mut rand::rng())
+        Balancer::new(weights)
+            .pick(&mut rand::rng())
+            .map(|k| route.colors[k])
     }
 
-    /// The endpoint for a retry: another live one of the same color, else one of another color.
-    fn retry_target(&self, i: usize, failed: &Authority) -> Option<(usize, Arc<Endpoint>)> {
+    /// The endpoint for a retry: another live one of the same color, else (unless the color
+    /// was forced) one of another color of the route.
+    fn retry_target(
+        &self,
+        route: &Route,
+        i: usize,
+        failed: &Authority,
+        forced: bool,
+    ) -> Option<(usize, Arc<Endpoint>)> {
         let mut rng = rand::rng();
         if let Some(e) = self.targets[i]
             .endpoints
@@ -225,7 +335,10 @@ impl Proxy {
         {
             return Some((i, e));
         }
-        let j = self.failover(i)?;
+        if forced {
+            return None;
+        }
+        let j = self.failover(route, i)?;
         let e = self.targets[j].endpoints.pick(&mut rng, None, false)?;
         Some((j, e))
     }
@@ -234,7 +347,9 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         client: SocketAddr,
+        route: &Route,
         color: usize,
+        forced: bool,
         exchange: &Arc<Exchange>,
     ) -> Response<Body> {
         let upgrade = upgrade_protocol(&req);
@@ -300,7 +415,7 @@ impl Proxy {
                     ErrorKind::Timeout => false,
                 };
             let next = if retry {
-                self.retry_target(i, &endpoint.authority)
+                self.retry_target(route, i, &endpoint.authority, forced)
             } else {
                 None
             };
@@ -390,6 +505,60 @@ impl Proxy {
         strip_hop_by_hop(resp.headers_mut());
         resp.map(Either::Left)
     }
+}
+
+/// The colors that serve one path prefix, and the weighted choice among them.
+struct Route {
+    prefix: String,
+    /// Positions in `Proxy::targets`, in COLORS order.
+    colors: Vec<usize>,
+    balancer: Balancer,
+}
+
+struct Choice {
+    color: usize,
+    /// Chosen by the override header: no failover to another color.
+    forced: bool,
+    set_cookie: Option<HeaderValue>,
+}
+
+/// How long a sticky client keeps its bucket: 30 days.
+const STICKY_MAX_AGE_SECS: u32 = 30 * 24 * 3600;
+
+/// `/films` matches `/films` and `/films/1`, not `/filmsx`; `/` matches everything.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    prefix == "/"
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The bucket in the sticky cookie, if there is a valid one; anything else is ignored (and
+/// replaced by a new bucket).
+fn cookie_bucket(headers: &HeaderMap, name: &str) -> Option<u32> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| {
+            let v = v.trim().trim_matches('"');
+            if v.is_empty() || v.len() > 5 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            v.parse().ok().filter(|b| *b < BUCKETS)
+        })
+}
+
+/// A bucket from a stable hash: the same value gives the same bucket on every replica and
+/// every version.
+fn hash_bucket(value: &[u8]) -> u32 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(value);
+    let n = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+    (n % u64::from(BUCKETS)) as u32
 }
 
 fn needs_discovery(color: &Color) -> bool {
@@ -644,6 +813,56 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn prefixes_match_on_segment_boundaries() {
+        assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches("/films", "/films"));
+        assert!(prefix_matches("/films", "/films/1"));
+        assert!(!prefix_matches("/films", "/filmsx"));
+        assert!(!prefix_matches("/films", "/"));
+        assert!(prefix_matches("/api/v1", "/api/v1/users"));
+    }
+
+    #[test]
+    fn cookie_buckets() {
+        let mut h = HeaderMap::new();
+        let get = |h: &HeaderMap| cookie_bucket(h, "colorproxy_bucket");
+        assert_eq!(get(&h), None);
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; colorproxy_bucket=42"),
+        );
+        assert_eq!(get(&h), Some(42));
+        for bad in ["10000", "-1", "+5", "4x", "", "99999999999", "1.5"] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::COOKIE,
+                HeaderValue::from_str(&format!("colorproxy_bucket={bad}")).unwrap(),
+            );
+            assert_eq!(get(&h), None, "{bad}");
+        }
+        // HTTP/2 may split cookies over several fields.
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("colorproxy_bucket=9999"),
+        );
+        assert_eq!(get(&h), Some(9999));
+    }
+
+    #[test]
+    fn header_buckets_are_stable_and_spread() {
+        assert_eq!(hash_bucket(b"user-42"), hash_bucket(b"user-42"));
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..1000 {
+            let b = hash_bucket(format!("user-{i}").as_bytes());
+            assert!(b < BUCKETS);
+            seen.insert(b / 1000);
+        }
+        assert_eq!(seen.len(), 10, "buckets cluster: {seen:?}");
     }
 
     #[test]

@@ -165,8 +165,10 @@ async fn config_endpoint_matches_check() {
     assert_eq!(r.headers["content-type"], "application/json");
     let served: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(served, parse_check_json(&env));
-    assert_eq!(served["colors"][0]["share"], 80.0);
-    assert_eq!(served["colors"][1]["upstream"], "http://myapp-v2:8080/base");
+    let colors = &served["routes"][0]["colors"];
+    assert_eq!(served["routes"][0]["prefix"], "/");
+    assert_eq!(colors[0]["share"], 80.0);
+    assert_eq!(colors[1]["upstream"], "http://myapp-v2:8080/base");
     assert_eq!(served["connect_timeout"], "250ms");
 }
 
