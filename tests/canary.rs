@@ -127,7 +127,7 @@ async fn buckets_map_alike_on_every_replica_and_move_one_way() {
         }
         assert_eq!(
             after,
-            if bucket < 8000 { "blue" } else { "green" },
+            if bucket < 8181 { "blue" } else { "green" },
             "bucket {bucket}"
         );
     }
