@@ -49,16 +49,19 @@ wait_addr() {
   return 1
 }
 
+# Starts a myapp instance in this shell (so that cleanup knows its PID) and sets $addr.
 start_app() { # name, env...
   local name=$1
   shift
   env "$@" HOSTNAME="$name" "$bin/myapp" 127.0.0.1:0 >"$work/$name.log" 2>&1 &
-  pids+=($!)
-  wait_addr "$work/$name.log" "myapp listening on" $! 
+  pids+=("$!")
+  addr=$(wait_addr "$work/$name.log" "myapp listening on" "$!")
 }
 
-v1=$(start_app myapp-v1)
-v2=$(start_app myapp-v2 V2=1)
+start_app myapp-v1
+v1=$addr
+start_app myapp-v2 V2=1
+v2=$addr
 echo "== myapp-v1 on $v1 (plain text), myapp-v2 on $v2 (HTML, V2=1)"
 
 proxy_pid=

@@ -149,7 +149,10 @@ fn check_prints_the_effective_table() {
         .collect();
     assert_eq!(rows[0], ["ROUTE", "COLOR", "UPSTREAM", "WEIGHT", "SHARE"]);
     assert_eq!(rows[1], ["/", "blue", "http://myapp-v1:8080", "4", "80.0%"]);
-    assert_eq!(rows[2], ["/", "green", "http://myapp-v2:8080/", "1", "20.0%"]);
+    assert_eq!(
+        rows[2],
+        ["/", "green", "http://myapp-v2:8080/", "1", "20.0%"]
+    );
     assert!(stdout.contains("listen 0.0.0.0:8080"), "{stdout}");
 }
 
