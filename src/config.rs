@@ -1129,6 +1129,21 @@ mod tests {
         );
     }
 
+    /// The README's environment reference names every variable colorproxy reads.
+    #[test]
+    fn readme_documents_every_variable() {
+        let readme = include_str!("../README.md");
+        let reference = &readme[readme.find("### Environment reference").expect("the section")..];
+        for var in RESERVED {
+            assert!(reference.contains(&format!("| `{var}` |")), "{var} is not in README");
+        }
+        assert!(reference.contains("| `<COLOR>` |"));
+        for suffix in COLOR_SUFFIXES {
+            let row = format!("| `<COLOR>{suffix}` |");
+            assert!(reference.contains(&row), "{row} is not in README");
+        }
+    }
+
     #[test]
     fn bad_rust_log() {
         let p = problems(&[("RUST_LOG", "info,[")]);
