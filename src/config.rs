@@ -1133,9 +1133,14 @@ mod tests {
     #[test]
     fn readme_documents_every_variable() {
         let readme = include_str!("../README.md");
-        let reference = &readme[readme.find("### Environment reference").expect("the section")..];
+        let reference = &readme[readme
+            .find("### Environment reference")
+            .expect("the section")..];
         for var in RESERVED {
-            assert!(reference.contains(&format!("| `{var}` |")), "{var} is not in README");
+            assert!(
+                reference.contains(&format!("| `{var}` |")),
+                "{var} is not in README"
+            );
         }
         assert!(reference.contains("| `<COLOR>` |"));
         for suffix in COLOR_SUFFIXES {
