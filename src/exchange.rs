@@ -18,7 +18,7 @@ use hyper::{Method, Request, Uri};
 use tokio::sync::Notify;
 
 use crate::endpoints::{Endpoint, InFlight};
-use crate::metrics::{ColorLabels, Metrics, NO_COLOR, RequestLabels};
+use crate::metrics::{Metrics, NO_COLOR};
 
 /// Status recorded for a client that went away before its response began (nginx's convention).
 const CLIENT_CLOSED: u16 = 499;
@@ -119,18 +119,14 @@ impl Drop for Exchange {
             s => s,
         };
         let m = &self.metrics;
-        let color = self.color_name();
         m.in_flight.dec();
-        m.requests
-            .get_or_create(&RequestLabels {
-                color,
-                code: status,
-            })
-            .inc();
-        m.duration
-            .get_or_create(&ColorLabels { color })
-            .observe(elapsed.as_secs_f64());
+        m.record(
+            self.color.load(Ordering::Relaxed),
+            status,
+            elapsed.as_secs_f64(),
+        );
         if self.access_log {
+            let color = self.color_name();
             let endpoint = self.endpoint.lock().expect("endpoint lock");
             let upstream = endpoint.as_ref().map_or("-", |e| e.0.authority.as_str());
             tracing::info!(

@@ -79,7 +79,8 @@ pub async fn run(config: Config) -> Result<(), String> {
 
     let admin_state = Arc::new(admin::AdminState::new(proxy.clone(), &config.view()));
     let addr = local_addr(&listener)?;
-    info!("listening on {addr}");
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    info!(workers, "listening on {addr}");
     if let Some(admin_listener) = admin_listener {
         info!("admin endpoints on {}", local_addr(&admin_listener)?);
         tokio::spawn(admin::serve(admin_listener, admin_state.clone()));

@@ -136,7 +136,15 @@ fn serve() -> ExitCode {
     };
     colorproxy::logging::init(&config);
     colorproxy::log_config(&config);
-    let runtime = match tokio::runtime::Runtime::new() {
+    // One CPU (a cpuset, `taskset`): one thread serves everything without work-stealing
+    // hand-offs. More: one worker per CPU.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("colorproxy: cannot start the runtime: {e}");

@@ -7,6 +7,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
+use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
 
 use crate::config::Config;
@@ -19,6 +20,12 @@ pub const NO_COLOR: &str = "none";
 const DURATION_BUCKETS: [f64; 15] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
+
+struct ColorMetrics {
+    duration: Histogram,
+    /// Indexed by status code; filled on first use.
+    requests: Box<[OnceLock<Counter>]>,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -53,6 +60,9 @@ pub struct Metrics {
     registry: Registry,
     /// Color names in configuration order, interned for labels.
     color_names: Vec<&'static str>,
+    /// Per color, the metric handles every request touches, looked up once rather than per
+    /// request (a family lookup hashes the labels under a lock).
+    per_color: Vec<ColorMetrics>,
     endpoints: Family<EndpointLabels, Gauge>,
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<ColorLabels, Histogram>,
@@ -133,8 +143,16 @@ impl Metrics {
                 config_hash: config.config_hash(),
             }),
         );
+        let per_color = color_names
+            .iter()
+            .map(|&color| ColorMetrics {
+                duration: duration.get_or_create(&ColorLabels { color }).clone(),
+                requests: (0..1000).map(|_| OnceLock::new()).collect(),
+            })
+            .collect();
         Metrics {
             registry,
+            per_color,
             color_names,
             endpoints,
             requests,
@@ -143,6 +161,42 @@ impl Metrics {
             connections_open,
             in_flight,
         }
+    }
+
+    /// Counts one answered request of the color at `color` (an index into the configured
+    /// colors; anything else counts as no color).
+    pub fn record(&self, color: usize, status: u16, seconds: f64) {
+        let Some(per_color) = self.per_color.get(color) else {
+            let labels = RequestLabels {
+                color: NO_COLOR,
+                code: status,
+            };
+            self.requests.get_or_create(&labels).inc();
+            self.duration
+                .get_or_create(&ColorLabels { color: NO_COLOR })
+                .observe(seconds);
+            return;
+        };
+        per_color.duration.observe(seconds);
+        let name = self.color_names[color];
+        match per_color.requests.get(usize::from(status)) {
+            Some(cell) => cell
+                .get_or_init(|| {
+                    let labels = RequestLabels {
+                        color: name,
+                        code: status,
+                    };
+                    self.requests.get_or_create(&labels).clone()
+                })
+                .inc(),
+            None => self
+                .requests
+                .get_or_create(&RequestLabels {
+                    color: name,
+                    code: status,
+                })
+                .inc(),
+        };
     }
 
     pub fn color_names(&self) -> &[&'static str] {
