@@ -214,9 +214,10 @@ impl Watch {
 }
 
 /// The connector's name resolution, for colors without discovery: the same resolver, so a
-/// static binary in a scratch image needs no libc resolver.
+/// static binary in a scratch image needs no libc resolver. (The pooled client clones its
+/// connector for every request, hence the `Arc`.)
 #[derive(Clone)]
-pub struct ConnectorResolve(pub Resolver);
+pub struct ConnectorResolve(pub Arc<Resolver>);
 
 impl tower_service::Service<Name> for ConnectorResolve {
     type Response = std::vec::IntoIter<SocketAddr>;
@@ -229,7 +230,7 @@ impl tower_service::Service<Name> for ConnectorResolve {
     }
 
     fn call(&mut self, name: Name) -> Self::Future {
-        let resolver = self.0.clone();
+        let resolver = Arc::clone(&self.0);
         Box::pin(async move {
             match resolver.lookup(name.as_str()).await {
                 Ok(ips) => Ok(ips

@@ -25,10 +25,9 @@ const CLIENT_CLOSED: u16 = 499;
 
 pub struct Exchange {
     metrics: Arc<Metrics>,
-    access_log: bool,
+    /// Method and target, kept only for the access log.
+    logged: Option<(Method, Uri)>,
     start: Instant,
-    method: Method,
-    uri: Uri,
     client: SocketAddr,
     /// Index of the color in the configuration; `usize::MAX` for none. A retry may change it.
     color: AtomicUsize,
@@ -53,10 +52,8 @@ impl Exchange {
         metrics.in_flight.inc();
         Arc::new(Exchange {
             metrics: metrics.clone(),
-            access_log,
+            logged: access_log.then(|| (req.method().clone(), req.uri().clone())),
             start: Instant::now(),
-            method: req.method().clone(),
-            uri: req.uri().clone(),
             client,
             color: AtomicUsize::new(usize::MAX),
             endpoint: Mutex::new(None),
@@ -125,14 +122,14 @@ impl Drop for Exchange {
             status,
             elapsed.as_secs_f64(),
         );
-        if self.access_log {
+        if let Some((method, uri)) = &self.logged {
             let color = self.color_name();
             let endpoint = self.endpoint.lock().expect("endpoint lock");
             let upstream = endpoint.as_ref().map_or("-", |e| e.0.authority.as_str());
             tracing::info!(
                 target: "colorproxy::access",
-                method = %self.method,
-                path = %self.uri.path_and_query().map_or("/", |p| p.as_str()),
+                method = %method,
+                path = %uri.path_and_query().map_or("/", |p| p.as_str()),
                 status,
                 color,
                 upstream,

@@ -78,7 +78,8 @@ impl UpstreamClient {
         request_timeout: Duration,
         resolver: Resolver,
     ) -> UpstreamClient {
-        let mut connector = HttpConnector::new_with_resolver(ConnectorResolve(resolver));
+        let mut connector =
+            HttpConnector::new_with_resolver(ConnectorResolve(std::sync::Arc::new(resolver)));
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
