@@ -134,7 +134,7 @@ fn serve() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let _log_guard = colorproxy::logging::init(&config);
+    colorproxy::logging::init(&config);
     colorproxy::log_config(&config);
     // One CPU (a cpuset, `taskset`): one thread serves everything without work-stealing
     // hand-offs. More: one worker per CPU.
