@@ -642,21 +642,27 @@ fn upstream_request(
 
 fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
     let ip = client.ip().to_canonical().to_string();
-    let mut prior = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .collect::<Vec<_>>()
-        .join(", ");
-    if prior.is_empty() {
-        prior = ip;
-    } else {
-        prior.push_str(", ");
-        prior.push_str(&ip);
-    }
-    if let Ok(v) = HeaderValue::from_str(&prior) {
+    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter();
+    let value = match (prior.next(), prior.next()) {
+        // The common case: no proxy in front, nothing to join.
+        (None, _) => ip,
+        (Some(one), None) => match one.to_str().map(str::trim) {
+            Ok("") | Err(_) => ip,
+            Ok(one) => format!("{one}, {ip}"),
+        },
+        _ => {
+            let mut all: Vec<&str> = headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .collect();
+            all.push(&ip);
+            all.join(", ")
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
 }
