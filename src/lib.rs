@@ -37,6 +37,8 @@ pub fn log_config(config: &Config) {
         request_timeout = %humantime::format_duration(config.request_timeout),
         drain_timeout = %humantime::format_duration(config.drain_timeout),
         config_hash = %config.config_hash(),
+        sticky = %config.sticky.describe(),
+        override_header = config.override_header.as_deref().unwrap_or("off"),
         "colorproxy starting"
     );
     if config.colors.is_empty() {
@@ -44,6 +46,7 @@ pub fn log_config(config: &Config) {
     }
     for color in &config.colors {
         info!(
+            route = %color.prefix,
             color = %color.name,
             upstream = %color.upstream.url,
             discovery = color.discovery.as_str(),

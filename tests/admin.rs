@@ -11,13 +11,6 @@ use hyper::Request;
 use hyper::body::{Bytes, Incoming};
 use tokio::net::TcpListener;
 
-async fn dead_address() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("http://{addr}")
-}
-
 /// The value of the sample `name{labels}` in a Prometheus text exposition.
 fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
     metrics

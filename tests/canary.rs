@@ -207,10 +207,7 @@ async fn override_header_forces_a_color_even_at_weight_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_color_that_is_down_is_not_replaced_by_another() {
     let blue = Backend::echo("blue").await;
-    let dead = {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        format!("http://{}", l.local_addr().unwrap())
-    };
+    let dead = dead_address().await;
     let proxy = ProxyProcess::start(&[
         ("BLUE", &blue.url()),
         ("GREEN", &dead),

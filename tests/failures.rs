@@ -10,14 +10,6 @@ use hyper::Response;
 use hyper::body::Bytes;
 use tokio::net::TcpListener;
 
-/// An address on which nothing listens: bound, then released.
-async fn dead_address() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("http://{addr}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_color_configured_answers_503() {
     let mut proxy = ProxyProcess::start(&[]);

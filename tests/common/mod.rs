@@ -208,6 +208,14 @@ pub fn run(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) 
     }
 }
 
+/// The URL of an address on which nothing listens: bound, then released.
+pub async fn dead_address() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}
+
 /// A backend served from the test process until dropped.
 pub struct Backend {
     pub addr: SocketAddr,
