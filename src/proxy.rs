@@ -203,6 +203,18 @@ impl Proxy {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "colorproxy: no backend is configured\n".into(),
             ),
+            // Not an open proxy: nothing is tunnelled to a host the client names.
+            _ if req.method() == hyper::Method::CONNECT => {
+                let mut resp = text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "colorproxy: CONNECT is not supported\n".into(),
+                );
+                resp.headers_mut().insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+                );
+                resp
+            }
             None => text(
                 StatusCode::NOT_FOUND,
                 format!("colorproxy: no route for {}\n", req.uri().path()),

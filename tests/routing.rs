@@ -238,3 +238,35 @@ async fn oversized_request_head_is_refused() {
     let r = send(&client(), req).await;
     assert_eq!(r.status, 431);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_is_refused_and_absolute_targets_go_to_the_color() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::echo("blue").await;
+    let proxy = ProxyProcess::start(&[("BLUE", &backend.url())]);
+    let ask = |raw: &'static str| {
+        let addr = proxy.addr;
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(raw.as_bytes()).await.unwrap();
+            let mut out = Vec::new();
+            tokio::time::timeout(TIMEOUT, s.read_to_end(&mut out))
+                .await
+                .unwrap()
+                .unwrap();
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    let r = ask(
+        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 405"), "{r}");
+    // An absolute-form target names another host: it still goes to the color's upstream.
+    let r = ask("GET http://elsewhere.example/x?y=1 HTTP/1.1\r\nHost: elsewhere.example\r\nConnection: close\r\n\r\n").await;
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.contains("GET /x?y=1"),
+        "{r}"
+    );
+    assert!(r.contains("x-backend: blue"), "{r}");
+}
