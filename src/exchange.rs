@@ -91,6 +91,11 @@ impl Exchange {
     }
 
     /// Waits until the request body has been sent (or abandoned).
+    /// Request body bytes sent upstream so far.
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+
     pub async fn body_sent(&self) {
         self.body_sent.notified().await
     }

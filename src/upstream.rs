@@ -97,7 +97,9 @@ impl UpstreamClient {
     /// has arrived (the body streams afterwards).
     ///
     /// REQUEST_TIMEOUT counts from the end of the request body, not from its start: a
-    /// multi-GB upload may take longer than any sensible wait for a response head.
+    /// multi-GB upload may take longer than any sensible wait for a response head. While the
+    /// body is being sent, the same time without any progress ends the exchange too (an
+    /// upstream that stopped reading, or a client that stopped sending).
     pub async fn send(
         &self,
         req: Request<RequestBody>,
@@ -107,9 +109,24 @@ impl UpstreamClient {
         let response = self.client.request(req);
         tokio::pin!(response);
         if body_pending {
-            tokio::select! {
-                res = &mut response => return res.map_err(|e| classify(&e)),
-                () = exchange.body_sent() => {}
+            let mut sent = exchange.bytes_in();
+            loop {
+                tokio::select! {
+                    res = &mut response => return res.map_err(|e| classify(&e)),
+                    () = exchange.body_sent() => break,
+                    () = tokio::time::sleep(self.request_timeout) => {
+                        if exchange.bytes_in() == sent {
+                            return Err(UpstreamError {
+                                kind: ErrorKind::Timeout,
+                                cause: format!(
+                                    "the request body made no progress for {} ({sent} bytes sent)",
+                                    humantime::format_duration(self.request_timeout)
+                                ),
+                            });
+                        }
+                        sent = exchange.bytes_in();
+                    }
+                }
             }
         }
         match tokio::time::timeout(self.request_timeout, response).await {

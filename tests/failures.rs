@@ -101,3 +101,43 @@ async fn a_post_whose_connection_failed_is_retried_with_its_body() {
         assert!(r.body.starts_with("POST /orders"), "{}", r.body);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stops_reading_the_body_gets_504() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Accepts, reads the request head, then neither reads nor answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stalled = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            held.push(s);
+        }
+    });
+    let proxy = ProxyProcess::start(&[
+        ("BLUE", &format!("http://{addr}")),
+        ("REQUEST_TIMEOUT", "500ms"),
+    ]);
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let total: u64 = 1 << 30;
+    let writer = tokio::spawn(async move {
+        let head = format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {total}\r\n\r\n");
+        wr.write_all(head.as_bytes()).await.unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        // Stops when the proxy gives up and closes; the upstream never drains 1 GiB.
+        while wr.write_all(&chunk).await.is_ok() {}
+    });
+    let mut head = vec![0u8; 512];
+    let n = tokio::time::timeout(TIMEOUT, rd.read(&mut head))
+        .await
+        .expect("an answer, not a hang")
+        .unwrap();
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    writer.abort();
+    stalled.abort();
+}
