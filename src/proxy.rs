@@ -221,9 +221,7 @@ impl Proxy {
             ),
             Some(route) => {
                 let choice = self.choose(route, &req);
-                let mut resp = self
-                    .forward(req, client, route, choice.color, choice.forced, &exchange)
-                    .await;
+                let mut resp = self.forward(req, client, route, &choice, &exchange).await;
                 if let Some(cookie) = choice.set_cookie {
                     resp.headers_mut().append(header::SET_COOKIE, cookie);
                 }
@@ -253,6 +251,7 @@ impl Proxy {
             return Choice {
                 color: forced,
                 forced: true,
+                up: self.targets[forced].is_up(),
                 set_cookie: None,
             };
         }
@@ -275,15 +274,18 @@ impl Proxy {
             },
         };
         // Config guarantees every route a weight above zero.
-        let color = route.colors[position.unwrap_or(0)];
-        let color = if self.targets[color].is_up() {
-            color
+        let picked = route.colors[position.unwrap_or(0)];
+        let (color, up) = if self.targets[picked].is_up() {
+            (picked, true)
         } else {
-            self.failover(route, color).unwrap_or(color)
+            // Failover only ever picks a color that is up.
+            self.failover(route, picked)
+                .map_or((picked, false), |other| (other, true))
         };
         Choice {
             color,
             forced: false,
+            up,
             set_cookie,
         }
     }
@@ -360,10 +362,10 @@ impl Proxy {
         mut req: Request<Incoming>,
         client: SocketAddr,
         route: &Route,
-        color: usize,
-        forced: bool,
+        choice: &Choice,
         exchange: &Arc<Exchange>,
     ) -> Response<Body> {
+        let (color, forced) = (choice.color, choice.forced);
         let upgrade = upgrade_protocol(&req);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -372,11 +374,7 @@ impl Proxy {
         let mut body = Some(body);
 
         let first = &self.targets[color];
-        let health_matters = first.endpoints.has_live();
-        let Some(endpoint) = first
-            .endpoints
-            .pick(&mut rand::rng(), None, !health_matters)
-        else {
+        let Some(endpoint) = first.endpoints.pick(&mut rand::rng(), None, !choice.up) else {
             exchange.attempt(color, None);
             return self.no_endpoint(first);
         };
@@ -531,6 +529,8 @@ struct Choice {
     color: usize,
     /// Chosen by the override header: no failover to another color.
     forced: bool,
+    /// Whether the color has a live endpoint; when not, ejected endpoints are tried anyway.
+    up: bool,
     set_cookie: Option<HeaderValue>,
 }
 
