@@ -333,6 +333,26 @@ impl Proxy {
             .map(|k| route.colors[k])
     }
 
+    /// The endpoint for the first attempt. The color's last live endpoint may have been ejected
+    /// by another request since the color was chosen: then another color (unless forced), or
+    /// this color's ejected endpoints. `None` only when the color has no endpoint at all.
+    fn first_target(&self, route: &Route, choice: &Choice) -> Option<(usize, Arc<Endpoint>)> {
+        let mut rng = rand::rng();
+        let endpoints = &self.targets[choice.color].endpoints;
+        if let Some(e) = endpoints.pick(&mut rng, None, !choice.up) {
+            return Some((choice.color, e));
+        }
+        if !choice.forced
+            && let Some(j) = self.failover(route, choice.color)
+            && let Some(e) = self.targets[j].endpoints.pick(&mut rng, None, false)
+        {
+            return Some((j, e));
+        }
+        endpoints
+            .pick(&mut rng, None, true)
+            .map(|e| (choice.color, e))
+    }
+
     /// The endpoint for a retry: another live one of the same color, else (unless the color
     /// was forced) one of another color of the route.
     fn retry_target(
@@ -373,12 +393,10 @@ impl Proxy {
         let body_empty = hyper::body::Body::is_end_stream(&body);
         let mut body = Some(body);
 
-        let first = &self.targets[color];
-        let Some(endpoint) = first.endpoints.pick(&mut rand::rng(), None, !choice.up) else {
+        let Some(mut attempt) = self.first_target(route, choice) else {
             exchange.attempt(color, None);
-            return self.no_endpoint(first);
+            return self.no_endpoint(&self.targets[color]);
         };
-        let mut attempt = (color, endpoint);
         let mut retried = false;
         loop {
             let (i, endpoint) = attempt;
