@@ -163,10 +163,6 @@ impl EndpointSet {
         self.last_error.lock().expect("error lock").clone()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.endpoints.read().expect("endpoint lock").is_empty()
-    }
-
     /// Whether any endpoint can take a request now.
     pub fn has_live(&self) -> bool {
         let now = now_ms();
