@@ -5,17 +5,13 @@
 //! Docker's DNS for `tasks.<name>` (one address per task) every DNS_REFRESH, whatever the TTL
 //! says, and balances requests over the tasks itself.
 
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hyper_util::client::legacy::connect::dns::Name;
 use tracing::{debug, info, warn};
 
 use crate::config::Discovery;
@@ -210,40 +206,5 @@ impl Watch {
             ticks.tick().await;
             failing = !self.refresh(&resolver, failing).await;
         }
-    }
-}
-
-/// The connector's name resolution, for colors without discovery: the same resolver, so a
-/// static binary in a scratch image needs no libc resolver. (The pooled client clones its
-/// connector for every request, hence the `Arc`.)
-#[derive(Clone)]
-pub struct ConnectorResolve(pub Arc<Resolver>);
-
-impl tower_service::Service<Name> for ConnectorResolve {
-    type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = std::io::Error;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
-        let resolver = Arc::clone(&self.0);
-        Box::pin(async move {
-            match resolver.lookup(name.as_str()).await {
-                Ok(ips) => Ok(ips
-                    .into_iter()
-                    .map(|ip| SocketAddr::new(ip, 0))
-                    .collect::<Vec<_>>()
-                    .into_iter()),
-                Err(LookupError::NotFound) => Err(std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    format!("{} does not resolve", name.as_str()),
-                )),
-                Err(LookupError::Failed(why)) => Err(std::io::Error::other(why)),
-            }
-        })
     }
 }

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use hyper::http::uri::Authority;
 use rand::{Rng, RngExt};
 
+use crate::pool::Pool;
+
 /// Connection failures in a row that eject an endpoint.
 pub const EJECT_AFTER_FAILURES: u32 = 3;
 /// The first ejection lasts this long; each further ejection without a success doubles it.
@@ -16,8 +18,12 @@ pub const EJECTION_BASE: Duration = Duration::from_secs(5);
 pub const EJECTION_MAX: Duration = Duration::from_secs(60);
 
 pub struct Endpoint {
-    /// `ip:port`, or `name:port` when the connector resolves per connection (discovery off).
+    /// `ip:port`, or `name:port` when each new connection resolves the name (discovery off).
     pub authority: Authority,
+    /// The address to connect to; `None` for a name, resolved per connection.
+    pub addr: Option<SocketAddr>,
+    /// Keep-alive connections waiting for the next request.
+    pub pool: Pool,
     in_flight: AtomicUsize,
     failures: AtomicU32,
     ejections: AtomicU32,
@@ -28,7 +34,9 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn new(authority: Authority) -> Endpoint {
         Endpoint {
+            addr: authority.as_str().parse().ok(),
             authority,
+            pool: Pool::default(),
             in_flight: AtomicUsize::new(0),
             failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 
 use crate::endpoints::{Endpoint, InFlight};
 use crate::metrics::{Metrics, NO_COLOR};
+use crate::upstream::UpstreamBody;
 
 /// Status recorded for a client that went away before its response began (nginx's convention).
 const CLIENT_CLOSED: u16 = 499;
@@ -103,7 +104,7 @@ impl Exchange {
     /// Wraps the response for the client; the status is what the exchange is counted as.
     pub fn respond(
         self: Arc<Self>,
-        resp: hyper::Response<Either<Incoming, Full<Bytes>>>,
+        resp: hyper::Response<Either<UpstreamBody, Full<Bytes>>>,
     ) -> hyper::Response<ResponseBody> {
         self.status.store(resp.status().as_u16(), Ordering::Relaxed);
         resp.map(|inner| ResponseBody {
@@ -223,7 +224,7 @@ impl Body for RequestBody {
 
 /// The response on its way to the client: counted; its end (or abandonment) ends the exchange.
 pub struct ResponseBody {
-    inner: Either<Incoming, Full<Bytes>>,
+    inner: Either<UpstreamBody, Full<Bytes>>,
     exchange: Arc<Exchange>,
 }
 

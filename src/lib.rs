@@ -13,6 +13,7 @@ pub mod endpoints;
 pub mod exchange;
 pub mod logging;
 pub mod metrics;
+pub mod pool;
 pub mod proxy;
 pub mod server;
 pub mod signal;
@@ -79,6 +80,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     let metrics = Arc::new(metrics::Metrics::new(&config));
     let proxy = Arc::new(proxy::Proxy::new(&config, metrics, resolver.clone()));
     discover(&proxy, &resolver, config.dns_refresh).await;
+    tokio::spawn(expire_idle_connections(proxy.clone()));
 
     let admin_state = Arc::new(admin::AdminState::new(proxy.clone(), &config.view()));
     let addr = local_addr(&listener)?;
@@ -134,6 +136,15 @@ async fn discover(proxy: &proxy::Proxy, resolver: &discovery::Resolver, interval
         .is_err()
     {
         warn!("DNS is slow: serving before every color has endpoints");
+    }
+}
+
+/// Idle upstream connections live between IDLE_TIMEOUT and 1.2 × IDLE_TIMEOUT.
+async fn expire_idle_connections(proxy: Arc<proxy::Proxy>) {
+    let mut ticks = tokio::time::interval(pool::IDLE_TIMEOUT / 5);
+    loop {
+        ticks.tick().await;
+        proxy.expire_idle_connections();
     }
 }
 

@@ -9,7 +9,7 @@ use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
-use hyper::http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use hyper::http::uri::{Authority, PathAndQuery, Uri};
 use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
@@ -23,11 +23,11 @@ use crate::discovery::{Resolver, Watch};
 use crate::endpoints::{Endpoint, EndpointSet};
 use crate::exchange::{Exchange, RequestBody, ResponseBody};
 use crate::metrics::{ErrorLabels, Metrics};
-use crate::upstream::{ErrorKind, UpstreamClient};
+use crate::upstream::{ErrorKind, UpstreamBody, UpstreamClient};
 
 /// The body the proxy answers with: the upstream's, streamed, or a short message of its own.
 pub type ProxyBody = ResponseBody;
-type Body = Either<Incoming, Full<Bytes>>;
+type Body = Either<UpstreamBody, Full<Bytes>>;
 
 pub static COLOR: HeaderName = HeaderName::from_static("color");
 static COLORPROXY_CONFIG: HeaderName = HeaderName::from_static("colorproxy-config");
@@ -49,11 +49,31 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// The client end of a connection, with its address formatted for `X-Forwarded-For` once per
+/// connection rather than once per request.
+#[derive(Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    ip: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        let ip = addr.ip().to_canonical().to_string();
+        Peer {
+            addr,
+            ip: HeaderValue::from_str(&ip).expect("an IP address is a header value"),
+        }
+    }
+}
+
 /// A color ready to receive requests.
 struct Target {
     color: Color,
     /// The `Color` header value, built once.
     header: HeaderValue,
+    /// The upstream's `host:port`, for a request that names no host.
+    host: HeaderValue,
     /// Metric label and log field value, interned once.
     name: &'static str,
     endpoints: Arc<EndpointSet>,
@@ -115,6 +135,8 @@ impl Proxy {
                 };
                 Target {
                     header: HeaderValue::from_str(&color.name).expect("color names are validated"),
+                    host: HeaderValue::from_str(color.upstream.authority.as_str())
+                        .expect("an authority is a header value"),
                     name,
                     endpoints: Arc::new(endpoints),
                     down: AtomicBool::new(false),
@@ -178,6 +200,16 @@ impl Proxy {
         }
     }
 
+    /// Closes upstream connections idle for longer than [`crate::pool::IDLE_TIMEOUT`].
+    pub fn expire_idle_connections(&self) {
+        let now = std::time::Instant::now();
+        for t in &self.targets {
+            for e in t.endpoints.snapshot().iter() {
+                e.pool.expire(now);
+            }
+        }
+    }
+
     pub fn open_tunnels(&self) -> usize {
         self.tunnels.open.load(Ordering::SeqCst)
     }
@@ -195,8 +227,8 @@ impl Proxy {
         }
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
-        let exchange = Exchange::begin(&self.metrics, self.access_log, &req, client);
+    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+        let exchange = Exchange::begin(&self.metrics, self.access_log, &req, peer.addr);
         let route = self.route_for(req.uri().path());
         let mut resp = match route {
             _ if self.targets.is_empty() => text(
@@ -221,7 +253,7 @@ impl Proxy {
             ),
             Some(route) => {
                 let choice = self.choose(route, &req);
-                let mut resp = self.forward(req, client, route, &choice, &exchange).await;
+                let mut resp = self.forward(req, peer, route, &choice, &exchange).await;
                 if let Some(cookie) = choice.set_cookie {
                     resp.headers_mut().append(header::SET_COOKIE, cookie);
                 }
@@ -380,7 +412,7 @@ impl Proxy {
     async fn forward(
         &self,
         mut req: Request<Incoming>,
-        client: SocketAddr,
+        peer: &Peer,
         route: &Route,
         choice: &Choice,
         exchange: &Arc<Exchange>,
@@ -389,7 +421,7 @@ impl Proxy {
         let upgrade = upgrade_protocol(&req);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        prepare_headers(&mut parts, client, upgrade);
+        prepare_headers(&mut parts, peer, upgrade);
         let body_empty = hyper::body::Body::is_end_stream(&body);
         let mut body = Some(body);
 
@@ -401,12 +433,12 @@ impl Proxy {
         loop {
             let (i, endpoint) = attempt;
             let target = &self.targets[i];
-            let req = match upstream_request(&parts, target, &endpoint, body.take(), exchange) {
+            let req = match upstream_request(&parts, target, body.take(), exchange) {
                 Ok(req) => req,
                 Err(msg) => return text(StatusCode::BAD_REQUEST, format!("colorproxy: {msg}\n")),
             };
             exchange.attempt(i, Some(endpoint.clone()));
-            let e = match self.client.send(req, exchange).await {
+            let e = match self.client.send(&endpoint, req, exchange).await {
                 Ok(resp) => {
                     if endpoint.record_success() {
                         info!(color = target.name, endpoint = %endpoint.authority, "endpoint answers again");
@@ -502,7 +534,7 @@ impl Proxy {
 
     fn upstream_response(
         &self,
-        mut resp: Response<Incoming>,
+        mut resp: Response<UpstreamBody>,
         client_upgrade: Option<OnUpgrade>,
         target: &Target,
     ) -> Response<Body> {
@@ -614,7 +646,7 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// Proxy hygiene on the client's request head, done once whatever endpoint it goes to.
-fn prepare_headers(parts: &mut Parts, client: SocketAddr, upgrade: Option<HeaderValue>) {
+fn prepare_headers(parts: &mut Parts, peer: &Peer, upgrade: Option<HeaderValue>) {
     // HTTP/2 clients name the host in the URI; HTTP/1 clients in Host.
     let host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
@@ -634,7 +666,7 @@ fn prepare_headers(parts: &mut Parts, client: SocketAddr, upgrade: Option<Header
         }
         headers.insert(header::HOST, host);
     }
-    append_forwarded_for(headers, client);
+    append_forwarded_for(headers, peer);
     // A TLS terminator in front of colorproxy says https; keep its word, else it is http.
     let proto_ok = matches!(
         headers.get(&X_FORWARDED_PROTO).map(HeaderValue::as_bytes),
@@ -649,15 +681,10 @@ fn prepare_headers(parts: &mut Parts, client: SocketAddr, upgrade: Option<Header
 fn upstream_request(
     parts: &Parts,
     target: &Target,
-    endpoint: &Endpoint,
     body: Option<Incoming>,
     exchange: &Arc<Exchange>,
 ) -> Result<Request<RequestBody>, String> {
-    let uri = upstream_uri(
-        &endpoint.authority,
-        &target.color.upstream.base_path,
-        &parts.uri,
-    )?;
+    let uri = upstream_uri(&target.color.upstream.base_path, &parts.uri)?;
     let mut req = Request::new(RequestBody::new(body, exchange.clone()));
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
@@ -665,19 +692,29 @@ fn upstream_request(
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
     *headers = parts.headers.clone();
+    // An HTTP/1.0 client may have named no host: the upstream gets its own name.
+    if !headers.contains_key(header::HOST) {
+        headers.insert(header::HOST, target.host.clone());
+    }
     // insert() replaces every value the client sent: the color cannot be spoofed.
     headers.insert(COLOR.clone(), target.header.clone());
     Ok(req)
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
-    let ip = client.ip().to_canonical().to_string();
+fn append_forwarded_for(headers: &mut HeaderMap, peer: &Peer) {
     let mut prior = headers.get_all(&X_FORWARDED_FOR).iter();
+    let ip = peer.ip.to_str().expect("an IP address is visible ASCII");
     let value = match (prior.next(), prior.next()) {
         // The common case: no proxy in front, nothing to join.
-        (None, _) => ip,
+        (None, _) => {
+            headers.insert(X_FORWARDED_FOR.clone(), peer.ip.clone());
+            return;
+        }
         (Some(one), None) => match one.to_str().map(str::trim) {
-            Ok("") | Err(_) => ip,
+            Ok("") | Err(_) => {
+                headers.insert(X_FORWARDED_FOR.clone(), peer.ip.clone());
+                return;
+            }
             Ok(one) => format!("{one}, {ip}"),
         },
         _ => {
@@ -688,7 +725,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
                 .map(str::trim)
                 .filter(|v| !v.is_empty())
                 .collect();
-            all.push(&ip);
+            all.push(ip);
             all.join(", ")
         }
     };
@@ -697,9 +734,9 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
     }
 }
 
-/// `http://authority` + base path + request path, with exactly one slash between the two,
-/// and the query string unchanged.
-fn upstream_uri(authority: &Authority, base: &str, original: &Uri) -> Result<Uri, String> {
+/// The origin-form target upstream: base path + request path, with exactly one slash between
+/// the two, and the query string unchanged.
+fn upstream_uri(base: &str, original: &Uri) -> Result<Uri, String> {
     let path = original.path();
     let joined = match (base.is_empty(), path.starts_with('/')) {
         (true, true) => None,
@@ -718,12 +755,7 @@ fn upstream_uri(authority: &Authority, base: &str, original: &Uri) -> Result<Uri
         (Some(p), Some(q)) => PathAndQuery::try_from(format!("{p}?{q}"))
             .map_err(|e| format!("bad request path: {e}"))?,
     };
-    Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|e| format!("bad request target: {e}"))
+    Ok(Uri::from(path_and_query))
 }
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
@@ -810,27 +842,20 @@ mod tests {
     use super::*;
 
     fn join(base: &str, target: &str) -> String {
-        let auth = Authority::from_static("up:8080");
-        upstream_uri(&auth, base, &target.parse().unwrap())
+        upstream_uri(base, &target.parse().unwrap())
             .unwrap()
             .to_string()
     }
 
     #[test]
     fn path_joining() {
-        assert_eq!(join("", "/"), "http://up:8080/");
-        assert_eq!(join("", "/a/b?x=1&y"), "http://up:8080/a/b?x=1&y");
-        assert_eq!(join("/api", "/"), "http://up:8080/api/");
-        assert_eq!(
-            join("/api", "/v1/users?id=7"),
-            "http://up:8080/api/v1/users?id=7"
-        );
-        assert_eq!(
-            join("/api", "http://client.example/x?q"),
-            "http://up:8080/api/x?q"
-        );
-        assert_eq!(join("", "*"), "http://up:8080/");
-        assert_eq!(join("/api", "*"), "http://up:8080/api/");
+        assert_eq!(join("", "/"), "/");
+        assert_eq!(join("", "/a/b?x=1&y"), "/a/b?x=1&y");
+        assert_eq!(join("/api", "/"), "/api/");
+        assert_eq!(join("/api", "/v1/users?id=7"), "/api/v1/users?id=7");
+        assert_eq!(join("/api", "http://client.example/x?q"), "/api/x?q");
+        assert_eq!(join("", "*"), "/");
+        assert_eq!(join("/api", "*"), "/api/");
     }
 
     #[test]
@@ -908,13 +933,13 @@ mod tests {
     #[test]
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, "127.0.0.1:1".parse().unwrap());
+        append_forwarded_for(&mut h, &Peer::new("127.0.0.1:1".parse().unwrap()));
         assert_eq!(h[&X_FORWARDED_FOR], "127.0.0.1");
         h.append(
             X_FORWARDED_FOR.clone(),
             HeaderValue::from_static("10.0.0.9"),
         );
-        append_forwarded_for(&mut h, "[::ffff:192.0.2.1]:1".parse().unwrap());
+        append_forwarded_for(&mut h, &Peer::new("[::ffff:192.0.2.1]:1".parse().unwrap()));
         assert_eq!(h[&X_FORWARDED_FOR], "127.0.0.1, 10.0.0.9, 192.0.2.1");
         assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
     }

@@ -15,7 +15,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpSocket};
 use tracing::{debug, info, warn};
 
-use crate::proxy::Proxy;
+use crate::proxy::{Peer, Proxy};
 
 /// A client gets this long to send a request head; slow-loris connections are cut after it.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,9 +75,11 @@ pub async fn serve(
         let connections = proxy.metrics().connections_open.clone();
         connections.inc();
         let proxy = proxy.clone();
+        let client = Peer::new(peer);
         let service = service_fn(move |req| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+            let client = client.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) }
         });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)

@@ -7,25 +7,31 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::body::{Body, Incoming};
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tracing::debug;
 
-use crate::discovery::{ConnectorResolve, Resolver};
+use crate::discovery::{LookupError, Resolver};
+use crate::endpoints::Endpoint;
 use crate::exchange::{Exchange, RequestBody};
+use crate::pool::Sender;
 
-/// Idle upstream connections are closed well before IPVS forgets them (900 s) and before
-/// typical app servers' own keep-alive timeouts reap them under our feet.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-#[derive(Clone)]
+/// Connects to endpoints and exchanges requests over their pooled keep-alive connections.
 pub struct UpstreamClient {
-    client: Client<HttpConnector<ConnectorResolve>, RequestBody>,
+    http1: http1::Builder,
+    connect_timeout: Duration,
     request_timeout: Duration,
+    /// Resolves the endpoints that are names (discovery off), once per new connection.
+    resolver: Resolver,
 }
 
 /// Why an upstream gave no response.
@@ -78,23 +84,16 @@ impl UpstreamClient {
         request_timeout: Duration,
         resolver: Resolver,
     ) -> UpstreamClient {
-        let mut connector =
-            HttpConnector::new_with_resolver(ConnectorResolve(std::sync::Arc::new(resolver)));
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
         UpstreamClient {
-            client,
+            http1: http1::Builder::new(),
+            connect_timeout,
             request_timeout,
+            resolver,
         }
     }
 
-    /// Sends a request whose URI already names the upstream; resolves when the response head
-    /// has arrived (the body streams afterwards).
+    /// Sends a request in origin form to `endpoint`; resolves when the response head has
+    /// arrived (the body streams afterwards, and its end returns the connection to the pool).
     ///
     /// REQUEST_TIMEOUT counts from the end of the request body, not from its start: a
     /// multi-GB upload may take longer than any sensible wait for a response head. While the
@@ -102,17 +101,18 @@ impl UpstreamClient {
     /// upstream that stopped reading, or a client that stopped sending).
     pub async fn send(
         &self,
+        endpoint: &Arc<Endpoint>,
         req: Request<RequestBody>,
         exchange: &Exchange,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let body_pending = !req.body().is_end_stream();
-        let response = self.client.request(req);
+        let response = self.exchange(endpoint, req);
         tokio::pin!(response);
         if body_pending {
             let mut sent = exchange.bytes_in();
             loop {
                 tokio::select! {
-                    res = &mut response => return res.map_err(|e| classify(&e)),
+                    res = &mut response => return res,
                     () = exchange.body_sent() => break,
                     () = tokio::time::sleep(self.request_timeout) => {
                         if exchange.bytes_in() == sent {
@@ -130,8 +130,7 @@ impl UpstreamClient {
             }
         }
         match tokio::time::timeout(self.request_timeout, response).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(classify(&e)),
+            Ok(res) => res,
             Err(_) => Err(UpstreamError {
                 kind: ErrorKind::Timeout,
                 cause: format!(
@@ -141,36 +140,179 @@ impl UpstreamClient {
             }),
         }
     }
+
+    /// One exchange on a pooled connection, else on a new one. A pooled connection that the
+    /// upstream closed while it was idle gives the request back unsent: it goes on the next.
+    async fn exchange(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        mut req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        loop {
+            let (mut sender, reused) = match endpoint.pool.checkout() {
+                // Not ready yet (its last exchange is still finishing): not worth a wait.
+                Some(sender) if !sender.is_ready() => continue,
+                Some(sender) => (sender, true),
+                // Boxed: a rare path whose future would otherwise be moved along with every
+                // request's.
+                None => (Box::pin(self.connect(endpoint)).await?, false),
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    // An upgraded connection belongs to its tunnel from now on.
+                    let reusable = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
+                    let conn = reusable.then(|| (sender, endpoint.clone()));
+                    return Ok(resp.map(|inner| UpstreamBody { inner, conn }));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => req = unsent,
+                    // A new connection that closed before the request went out: nothing
+                    // reached the upstream, as with a refused connect.
+                    Some(_) => {
+                        return Err(UpstreamError {
+                            kind: ErrorKind::Connect,
+                            cause: "the connection closed before the request was sent".into(),
+                        });
+                    }
+                    None => {
+                        return Err(UpstreamError {
+                            kind: ErrorKind::Reset,
+                            cause: cause_chain(e.error()),
+                        });
+                    }
+                },
+            }
+        }
+    }
+
+    async fn connect(&self, endpoint: &Endpoint) -> Result<Sender, UpstreamError> {
+        let addrs = match endpoint.addr {
+            Some(addr) => vec![addr],
+            None => self.resolve(endpoint).await?,
+        };
+        let mut failure = String::new();
+        for addr in addrs {
+            let stream =
+                match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        failure = format!("tcp connect error: {e}");
+                        continue;
+                    }
+                    Err(_) => {
+                        failure = format!(
+                            "connect timeout ({})",
+                            humantime::format_duration(self.connect_timeout)
+                        );
+                        continue;
+                    }
+                };
+            // Requests are small and latency matters more than packet count.
+            let _ = stream.set_nodelay(true);
+            let (sender, conn) = self
+                .http1
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| UpstreamError {
+                    kind: ErrorKind::Connect,
+                    cause: cause_chain(&e),
+                })?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    debug!(endpoint = %addr, error = %cause_chain(&e), "upstream connection failed");
+                }
+            });
+            return Ok(sender);
+        }
+        Err(UpstreamError {
+            kind: ErrorKind::Connect,
+            cause: failure,
+        })
+    }
+
+    /// The addresses of an endpoint that is a name (discovery off), asked anew for every
+    /// connection: the VIP behaviour an operator chose.
+    async fn resolve(&self, endpoint: &Endpoint) -> Result<Vec<SocketAddr>, UpstreamError> {
+        let host = endpoint.authority.host();
+        let port = endpoint.authority.port_u16().unwrap_or(80);
+        match self.resolver.lookup(host).await {
+            Ok(ips) => Ok(ips
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, port))
+                .collect()),
+            Err(e) => Err(UpstreamError {
+                kind: ErrorKind::Dns,
+                cause: match e {
+                    LookupError::NotFound => format!("{host} does not resolve"),
+                    LookupError::Failed(why) => format!("dns error: {why}"),
+                },
+            }),
+        }
+    }
 }
 
-fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamError {
-    let mut chain = Vec::new();
-    let mut kind = if err.is_connect() {
-        ErrorKind::Connect
-    } else {
-        ErrorKind::Reset
-    };
+/// An upstream response body. Read to its end, it gives its connection back to the endpoint's
+/// pool; dropped before that, the connection closes (the rest of the body is unread).
+pub struct UpstreamBody {
+    inner: Incoming,
+    conn: Option<(Sender, Arc<Endpoint>)>,
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            this.checkin();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl UpstreamBody {
+    fn checkin(&mut self) {
+        if let Some((sender, endpoint)) = self.conn.take() {
+            endpoint.pool.checkin(sender);
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A body whose length is known ends without a last empty poll.
+        if self.inner.is_end_stream() {
+            self.checkin();
+        }
+    }
+}
+
+/// `error: cause: cause`, without the repeats hyper's layers add.
+fn cause_chain(err: &(dyn StdError + 'static)) -> String {
+    let mut chain: Vec<String> = vec![err.to_string()];
     let mut source = err.source();
     while let Some(e) = source {
-        let text = e.to_string();
-        if text == "dns error" {
-            kind = ErrorKind::Dns;
-        }
-        if let Some(io) = e.downcast_ref::<io::Error>()
-            && io.kind() == io::ErrorKind::TimedOut
-            && kind == ErrorKind::Connect
-        {
-            chain.push("connect timeout".to_string());
-        } else if !chain.iter().any(|c: &String| c.contains(&text)) {
+        let text = match e.downcast_ref::<io::Error>() {
+            Some(io) => io.to_string(),
+            None => e.to_string(),
+        };
+        if !chain.iter().any(|c| c.contains(&text)) {
             chain.push(text);
         }
         source = e.source();
     }
-    if chain.is_empty() {
-        chain.push(err.to_string());
-    }
-    UpstreamError {
-        kind,
-        cause: chain.join(": "),
-    }
+    chain.join(": ")
 }
