@@ -58,7 +58,58 @@ impl Pool {
         idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT);
     }
 
-    pub fn idle(&self) -> usize {
+    #[cfg(test)]
+    fn idle(&self) -> usize {
         self.idle.lock().expect("pool lock").len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::client::conn::http1;
+    use hyper_util::rt::TokioIo;
+
+    /// A sender over an in-memory pipe, and the task that drives its connection.
+    async fn conn() -> (Sender, tokio::task::JoinHandle<()>) {
+        let (io, _peer) = tokio::io::duplex(64);
+        let (sender, conn) = http1::handshake(TokioIo::new(io)).await.unwrap();
+        let task = tokio::spawn(async move {
+            let _peer = _peer;
+            let _ = conn.await;
+        });
+        (sender, task)
+    }
+
+    #[tokio::test]
+    async fn closed_connections_are_skipped() {
+        let pool = Pool::default();
+        let (a, _ta) = conn().await;
+        let (b, tb) = conn().await;
+        let (c, _tc) = conn().await;
+        pool.checkin(a);
+        pool.checkin(c);
+        pool.checkin(b);
+        // b's connection ends while b waits in the pool.
+        tb.abort();
+        let _ = tb.await;
+        assert_eq!(pool.idle(), 3);
+        let first = pool.checkout().expect("c is open");
+        let second = pool.checkout().expect("a is open");
+        assert!(pool.checkout().is_none());
+        assert!(!first.is_closed() && !second.is_closed());
+        assert_eq!(pool.idle(), 0);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_expire() {
+        let pool = Pool::default();
+        let (a, _ta) = conn().await;
+        pool.checkin(a);
+        let now = Instant::now();
+        pool.expire(now);
+        assert_eq!(pool.idle(), 1);
+        pool.expire(now + IDLE_TIMEOUT);
+        assert_eq!(pool.idle(), 0);
     }
 }

@@ -233,6 +233,11 @@ impl Backend {
         format!("http://{}", self.addr)
     }
 
+    /// A backend the test serves itself, stopped when dropped like the others.
+    pub fn adopt(addr: SocketAddr, task: tokio::task::JoinHandle<()>) -> Backend {
+        Backend { addr, task }
+    }
+
     /// Serves `handler` for every request, HTTP/1.1 with keep-alive and upgrades.
     pub async fn start<F, Fut>(handler: F) -> Backend
     where

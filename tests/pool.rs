@@ -1,0 +1,124 @@
+//! Upstream connections through the real binary: kept alive and reused, never more than the
+//! concurrency needs, and a connection the upstream closed costs no request.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// An echo backend that counts the connections it accepted.
+async fn counting_backend() -> (Backend, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    // Counted by a proxy listener in front of the real echo backend.
+    let echo = Backend::echo("blue").await;
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        // The whole backend, not just its address: it lives as long as this task.
+        let echo = echo;
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                continue;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            let target = echo.addr;
+            tokio::spawn(async move {
+                let mut outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    (Backend::adopt(addr, task), accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_requests_share_one_upstream_connection() {
+    let (blue, accepted) = counting_backend().await;
+    let proxy = ProxyProcess::start(&[("BLUE", &blue.url())]);
+    let client = client();
+    for _ in 0..200 {
+        assert_eq!(get(&client, &proxy.url("/")).await.status, 200);
+    }
+    // A fresh client per request: the client side changes, the upstream side does not.
+    for _ in 0..50 {
+        assert_eq!(get(&common::client(), &proxy.url("/")).await.status, 200);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_open_no_more_connections_than_they_need() {
+    let (blue, accepted) = counting_backend().await;
+    let proxy = ProxyProcess::start(&[("BLUE", &blue.url())]);
+    let url = proxy.url("/");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = client();
+            for _ in 0..100 {
+                assert_eq!(get(&client, &url).await.status, 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let n = accepted.load(Ordering::SeqCst);
+    assert!(
+        (1..=8).contains(&n),
+        "{n} upstream connections for 8 clients"
+    );
+}
+
+/// Answers every request on a connection, then closes it without saying so (no
+/// `Connection: close`), as an app server whose keep-alive timeout fired would.
+async fn closing_backend() -> (Backend, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = served.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+                    .await;
+                // Dropped: closed right after the response.
+            });
+        }
+    });
+    (Backend::adopt(addr, task), served)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_upstream_closed_cost_no_request() {
+    let (blue, served) = closing_backend().await;
+    let proxy = ProxyProcess::start(&[("BLUE", &blue.url())]);
+    let client = client();
+    for i in 0..300 {
+        let r = get(&client, &proxy.url(&format!("/{i}"))).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "ok\n"), "request {i}");
+    }
+    // A request sent on a connection the backend had already closed was never read there:
+    // each was served exactly once.
+    assert_eq!(served.load(Ordering::SeqCst), 300);
+}
