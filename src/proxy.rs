@@ -647,24 +647,33 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 
 /// Proxy hygiene on the client's request head, done once whatever endpoint it goes to.
 fn prepare_headers(parts: &mut Parts, peer: &Peer, upgrade: Option<HeaderValue>) {
-    // HTTP/2 clients name the host in the URI; HTTP/1 clients in Host.
-    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     if let Some(protocol) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
     }
-    if let Some(host) = host {
-        if !headers.contains_key(&X_FORWARDED_HOST) {
-            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    // HTTP/1 clients name the host in Host (one is kept); HTTP/2 clients in the URI.
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(one), None) => Some(one.clone()),
+        (first, _) => {
+            let host = first.cloned().or_else(|| {
+                parts
+                    .uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            });
+            if let Some(host) = &host {
+                headers.insert(header::HOST, host.clone());
+            }
+            host
         }
-        headers.insert(header::HOST, host);
+    };
+    if let Some(host) = host
+        && !headers.contains_key(&X_FORWARDED_HOST)
+    {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     append_forwarded_for(headers, peer);
     // A TLS terminator in front of colorproxy says https; keep its word, else it is http.
