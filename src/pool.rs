@@ -16,6 +16,10 @@ use crate::exchange::RequestBody;
 /// typical app servers' own keep-alive timeouts reap them under our feet.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A burst's surplus beyond this many idle connections per endpoint closes at once instead of
+/// waiting out IDLE_TIMEOUT: memory after a spike stays bounded.
+pub const MAX_IDLE: usize = 1024;
+
 pub type Sender = SendRequest<RequestBody>;
 
 #[derive(Default)]
@@ -46,10 +50,10 @@ impl Pool {
             return;
         }
         let since = Instant::now();
-        self.idle
-            .lock()
-            .expect("pool lock")
-            .push(Idle { sender, since });
+        let mut idle = self.idle.lock().expect("pool lock");
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle { sender, since });
+        }
     }
 
     /// Closes connections idle since before `now - IDLE_TIMEOUT`, and forgets closed ones.
@@ -99,6 +103,18 @@ mod tests {
         assert!(pool.checkout().is_none());
         assert!(!first.is_closed() && !second.is_closed());
         assert_eq!(pool.idle(), 0);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_capped() {
+        let pool = Pool::default();
+        let mut tasks = Vec::new();
+        for _ in 0..MAX_IDLE + 3 {
+            let (sender, task) = conn().await;
+            pool.checkin(sender);
+            tasks.push(task);
+        }
+        assert_eq!(pool.idle(), MAX_IDLE);
     }
 
     #[tokio::test]
