@@ -23,6 +23,8 @@ use tokio::task::JoinHandle;
 struct Task {
     ip: Ipv4Addr,
     hits: Arc<AtomicUsize>,
+    /// Connections open now, and a signal each time one closes.
+    open: Arc<(AtomicUsize, Notify)>,
     accept: JoinHandle<()>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
@@ -34,10 +36,12 @@ impl Task {
             other => panic!("{other}"),
         };
         let hits = Arc::new(AtomicUsize::new(0));
+        let open: Arc<(AtomicUsize, Notify)> = Arc::default();
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let accept = tokio::spawn({
             let hits = hits.clone();
             let conns = conns.clone();
+            let open = open.clone();
             async move {
                 loop {
                     let Ok((stream, _)) = listener.accept().await else {
@@ -54,10 +58,14 @@ impl Task {
                             ))))
                         }
                     });
+                    open.0.fetch_add(1, Ordering::SeqCst);
+                    let open = open.clone();
                     conns.lock().unwrap().push(tokio::spawn(async move {
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), service)
                             .await;
+                        open.0.fetch_sub(1, Ordering::SeqCst);
+                        open.1.notify_waiters();
                     }));
                 }
             }
@@ -65,6 +73,7 @@ impl Task {
         Task {
             ip,
             hits,
+            open,
             accept,
             conns,
         }
@@ -72,6 +81,31 @@ impl Task {
 
     fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no connection to this task is open.
+    async fn wait_no_connections(&self) {
+        let open = &self.open;
+        let closed = async {
+            loop {
+                let notified = open.1.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if open.0.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(TIMEOUT, closed)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} connections to {} still open",
+                    open.0.load(Ordering::SeqCst),
+                    self.ip
+                )
+            });
     }
 
     fn kill(&self) {
@@ -195,9 +229,11 @@ async fn scaling_up_and_down_is_followed_within_a_refresh() {
     // 100 expected; sigma ≈ 8.2.
     assert!(tasks[2].hits() >= 59, "new task got {}", tasks[2].hits());
 
-    // Scale down: the removed task gets nothing once the refresh saw it go.
+    // Scale down: the removed task gets nothing once the refresh saw it go, and its idle
+    // pooled connection is closed at once (a task shutting down is not kept busy).
     dns.set("tasks.web", &ips(&tasks[1..]));
     proxy.wait_for_log("removed=1");
+    tasks[0].wait_no_connections().await;
     let before = tasks[0].hits();
     for _ in 0..300 {
         get_ok(&client, &proxy.url("/")).await;
