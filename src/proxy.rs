@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::http::uri::{Authority, PathAndQuery, Uri};
 use hyper::upgrade::OnUpgrade;
@@ -421,7 +421,7 @@ impl Proxy {
         let upgrade = upgrade_protocol(&req);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        prepare_headers(&mut parts, peer, upgrade);
+        let named_host = prepare_headers(&mut parts, peer, upgrade);
         let body_empty = hyper::body::Body::is_end_stream(&body);
         let mut body = Some(body);
 
@@ -429,10 +429,21 @@ impl Proxy {
             exchange.attempt(color, None);
             return self.no_endpoint(&self.targets[color]);
         };
+        let mut headers_for = None;
         let mut retried = false;
         loop {
             let (i, endpoint) = attempt;
             let target = &self.targets[i];
+            // Set in the prepared head, once per color, so that each attempt only copies it.
+            if headers_for != Some(i) {
+                // insert() replaces every value the client sent: the color cannot be spoofed.
+                parts.headers.insert(COLOR.clone(), target.header.clone());
+                // An HTTP/1.0 client may have named no host: the upstream gets its own name.
+                if !named_host {
+                    parts.headers.insert(header::HOST, target.host.clone());
+                }
+                headers_for = Some(i);
+            }
             let req = match upstream_request(&parts, target, body.take(), exchange) {
                 Ok(req) => req,
                 Err(msg) => return text(StatusCode::BAD_REQUEST, format!("colorproxy: {msg}\n")),
@@ -646,8 +657,11 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// Proxy hygiene on the client's request head, done once whatever endpoint it goes to.
-fn prepare_headers(parts: &mut Parts, peer: &Peer, upgrade: Option<HeaderValue>) {
+/// Returns whether the request names its host.
+fn prepare_headers(parts: &mut Parts, peer: &Peer, upgrade: Option<HeaderValue>) -> bool {
     let headers = &mut parts.headers;
+    // Room for what is added below and per attempt, so that the map grows once, not per insert.
+    headers.reserve(6);
     strip_hop_by_hop(headers);
     if let Some(protocol) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -670,23 +684,28 @@ fn prepare_headers(parts: &mut Parts, peer: &Peer, upgrade: Option<HeaderValue>)
             host
         }
     };
-    if let Some(host) = host
-        && !headers.contains_key(&X_FORWARDED_HOST)
-    {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+    // Each header below is looked up once (entry), not tested and then set.
+    let named_host = host.is_some();
+    if let Some(host) = host {
+        headers.entry(X_FORWARDED_HOST.clone()).or_insert(host);
     }
     append_forwarded_for(headers, peer);
     // A TLS terminator in front of colorproxy says https; keep its word, else it is http.
-    let proto_ok = matches!(
-        headers.get(&X_FORWARDED_PROTO).map(HeaderValue::as_bytes),
-        Some(b"http" | b"https")
-    );
-    if !proto_ok {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    let http = HeaderValue::from_static("http");
+    match headers.entry(X_FORWARDED_PROTO.clone()) {
+        Entry::Occupied(mut proto) => {
+            if !matches!(proto.get().as_bytes(), b"http" | b"https") {
+                proto.insert(http);
+            }
+        }
+        Entry::Vacant(proto) => {
+            proto.insert(http);
+        }
     }
+    named_host
 }
 
-/// The request for one attempt: the prepared head, addressed to `endpoint`, with the color.
+/// The request for one attempt: the prepared head, with the path for the target's upstream.
 fn upstream_request(
     parts: &Parts,
     target: &Target,
@@ -699,48 +718,32 @@ fn upstream_request(
     *req.uri_mut() = uri;
     // Upstreams are spoken to in HTTP/1.1 whatever the client spoke.
     *req.version_mut() = Version::HTTP_11;
-    let headers = req.headers_mut();
-    *headers = parts.headers.clone();
-    // An HTTP/1.0 client may have named no host: the upstream gets its own name.
-    if !headers.contains_key(header::HOST) {
-        headers.insert(header::HOST, target.host.clone());
-    }
-    // insert() replaces every value the client sent: the color cannot be spoofed.
-    headers.insert(COLOR.clone(), target.header.clone());
+    *req.headers_mut() = parts.headers.clone();
     Ok(req)
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, peer: &Peer) {
-    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter();
-    let ip = peer.ip.to_str().expect("an IP address is visible ASCII");
-    let value = match (prior.next(), prior.next()) {
+    let prior = match headers.entry(X_FORWARDED_FOR.clone()) {
         // The common case: no proxy in front, nothing to join.
-        (None, _) => {
-            headers.insert(X_FORWARDED_FOR.clone(), peer.ip.clone());
+        Entry::Vacant(entry) => {
+            entry.insert(peer.ip.clone());
             return;
         }
-        (Some(one), None) => match one.to_str().map(str::trim) {
-            Ok("") | Err(_) => {
-                headers.insert(X_FORWARDED_FOR.clone(), peer.ip.clone());
-                return;
-            }
-            Ok(one) => format!("{one}, {ip}"),
-        },
-        _ => {
-            let mut all: Vec<&str> = headers
-                .get_all(&X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .collect();
-            all.push(ip);
-            all.join(", ")
-        }
+        Entry::Occupied(entry) => entry,
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
+    let mut all: Vec<&str> = prior
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    all.push(peer.ip.to_str().expect("an IP address is visible ASCII"));
+    let joined = HeaderValue::from_str(&all.join(", "));
+    let mut prior = prior;
+    match joined {
+        Ok(v) => prior.insert(v),
+        Err(_) => prior.insert(peer.ip.clone()),
+    };
 }
 
 /// The origin-form target upstream: base path + request path, with exactly one slash between
