@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::http::uri::{Authority, PathAndQuery, Uri};
 use hyper::upgrade::OnUpgrade;
@@ -420,8 +420,8 @@ impl Proxy {
         let (color, forced) = (choice.color, choice.forced);
         let upgrade = upgrade_protocol(&req);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
-        let named_host = prepare_headers(&mut parts, peer, upgrade);
+        let (parts, body) = req.into_parts();
+
         let body_empty = hyper::body::Body::is_end_stream(&body);
         let mut body = Some(body);
 
@@ -429,22 +429,18 @@ impl Proxy {
             exchange.attempt(color, None);
             return self.no_endpoint(&self.targets[color]);
         };
-        let mut headers_for = None;
         let mut retried = false;
         loop {
             let (i, endpoint) = attempt;
             let target = &self.targets[i];
-            // Set in the prepared head, once per color, so that each attempt only copies it.
-            if headers_for != Some(i) {
-                // insert() replaces every value the client sent: the color cannot be spoofed.
-                parts.headers.insert(COLOR.clone(), target.header.clone());
-                // An HTTP/1.0 client may have named no host: the upstream gets its own name.
-                if !named_host {
-                    parts.headers.insert(header::HOST, target.host.clone());
-                }
-                headers_for = Some(i);
-            }
-            let req = match upstream_request(&parts, target, body.take(), exchange) {
+            let req = match upstream_request(
+                &parts,
+                peer,
+                upgrade.as_ref(),
+                target,
+                body.take(),
+                exchange,
+            ) {
                 Ok(req) => req,
                 Err(msg) => return text(StatusCode::BAD_REQUEST, format!("colorproxy: {msg}\n")),
             };
@@ -656,58 +652,12 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// Proxy hygiene on the client's request head, done once whatever endpoint it goes to.
-/// Returns whether the request names its host.
-fn prepare_headers(parts: &mut Parts, peer: &Peer, upgrade: Option<HeaderValue>) -> bool {
-    let headers = &mut parts.headers;
-    // Room for what is added below and per attempt, so that the map grows once, not per insert.
-    headers.reserve(6);
-    strip_hop_by_hop(headers);
-    if let Some(protocol) = upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, protocol);
-    }
-    // HTTP/1 clients name the host in Host (one is kept); HTTP/2 clients in the URI.
-    let mut hosts = headers.get_all(header::HOST).iter();
-    let host = match (hosts.next(), hosts.next()) {
-        (Some(one), None) => Some(one.clone()),
-        (first, _) => {
-            let host = first.cloned().or_else(|| {
-                parts
-                    .uri
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            });
-            if let Some(host) = &host {
-                headers.insert(header::HOST, host.clone());
-            }
-            host
-        }
-    };
-    // Each header below is looked up once (entry), not tested and then set.
-    let named_host = host.is_some();
-    if let Some(host) = host {
-        headers.entry(X_FORWARDED_HOST.clone()).or_insert(host);
-    }
-    append_forwarded_for(headers, peer);
-    // A TLS terminator in front of colorproxy says https; keep its word, else it is http.
-    let http = HeaderValue::from_static("http");
-    match headers.entry(X_FORWARDED_PROTO.clone()) {
-        Entry::Occupied(mut proto) => {
-            if !matches!(proto.get().as_bytes(), b"http" | b"https") {
-                proto.insert(http);
-            }
-        }
-        Entry::Vacant(proto) => {
-            proto.insert(http);
-        }
-    }
-    named_host
-}
-
-/// The request for one attempt: the prepared head, with the path for the target's upstream.
+/// The request for one attempt, built from the client's request head, which stays as it was
+/// for a retry.
 fn upstream_request(
     parts: &Parts,
+    peer: &Peer,
+    upgrade: Option<&HeaderValue>,
     target: &Target,
     body: Option<Incoming>,
     exchange: &Arc<Exchange>,
@@ -718,32 +668,148 @@ fn upstream_request(
     *req.uri_mut() = uri;
     // Upstreams are spoken to in HTTP/1.1 whatever the client spoke.
     *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = parts.headers.clone();
+    *req.headers_mut() = upstream_headers(
+        &parts.headers,
+        parts.uri.authority(),
+        peer,
+        upgrade,
+        &target.header,
+        &target.host,
+    );
     Ok(req)
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, peer: &Peer) {
-    let prior = match headers.entry(X_FORWARDED_FOR.clone()) {
-        // The common case: no proxy in front, nothing to join.
-        Entry::Vacant(entry) => {
-            entry.insert(peer.ip.clone());
-            return;
+/// What a request header is to the proxy.
+enum Role {
+    HopByHop,
+    Connection,
+    Host,
+    Color,
+    ForwardedFor,
+    ForwardedProto,
+    ForwardedHost,
+    Other,
+}
+
+fn role(name: &HeaderName) -> Role {
+    // Standard names compare as small integers, the custom ones by bytes (length first).
+    if name == header::HOST {
+        Role::Host
+    } else if name == header::CONNECTION {
+        Role::Connection
+    } else if HOP_BY_HOP.contains(name) {
+        Role::HopByHop
+    } else if name == COLOR {
+        Role::Color
+    } else if name == X_FORWARDED_FOR {
+        Role::ForwardedFor
+    } else if name == X_FORWARDED_PROTO {
+        Role::ForwardedProto
+    } else if name == X_FORWARDED_HOST {
+        Role::ForwardedHost
+    } else {
+        Role::Other
+    }
+}
+
+/// The head sent upstream, in one pass over the client's (a map built once costs less than
+/// editing the client's and copying it):
+/// - hop-by-hop headers go, and so does every header `Connection` names; a WebSocket upgrade
+///   gets `Connection: upgrade` and its `Upgrade` back;
+/// - the client's `Color` is replaced by the chosen one: it cannot be spoofed;
+/// - one `Host` is kept (HTTP/2 clients name it in the URI; a client that names none gets
+///   the upstream's `host:port`);
+/// - `X-Forwarded-For` gets the client's address appended; `X-Forwarded-Proto` and
+///   `X-Forwarded-Host` are set unless a proxy in front (a TLS terminator) set them.
+fn upstream_headers(
+    client: &HeaderMap,
+    authority: Option<&Authority>,
+    peer: &Peer,
+    upgrade: Option<&HeaderValue>,
+    color: &HeaderValue,
+    upstream_host: &HeaderValue,
+) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(client.len() + 6);
+    let mut host = None;
+    let mut forwarded_host = None;
+    let mut forwarded_for: Vec<&str> = Vec::new();
+    let mut proto = None;
+    let mut connection = false;
+    for (name, value) in client {
+        match role(name) {
+            Role::HopByHop | Role::Color => {}
+            Role::Connection => connection = true,
+            Role::Host => {
+                host.get_or_insert(value);
+            }
+            Role::ForwardedFor => {
+                if let Ok(v) = value.to_str().map(str::trim)
+                    && !v.is_empty()
+                {
+                    forwarded_for.push(v);
+                }
+            }
+            Role::ForwardedProto => {
+                proto.get_or_insert(value);
+            }
+            Role::ForwardedHost => {
+                forwarded_host.get_or_insert(value);
+            }
+            Role::Other => {
+                out.append(name.clone(), value.clone());
+            }
         }
-        Entry::Occupied(entry) => entry,
+    }
+    if connection {
+        for named in connection_tokens(client) {
+            match role(&named) {
+                Role::ForwardedFor => forwarded_for.clear(),
+                Role::ForwardedProto => proto = None,
+                Role::ForwardedHost => forwarded_host = None,
+                Role::Other => {
+                    out.remove(&named);
+                }
+                _ => {}
+            }
+        }
+    }
+    let host = host
+        .cloned()
+        .or_else(|| authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    if let Some(forwarded) = forwarded_host.cloned().or_else(|| host.clone()) {
+        out.append(X_FORWARDED_HOST.clone(), forwarded);
+    }
+    out.append(header::HOST, host.unwrap_or_else(|| upstream_host.clone()));
+    let for_ = if forwarded_for.is_empty() {
+        peer.ip.clone()
+    } else {
+        forwarded_for.push(peer.ip.to_str().expect("an IP address is visible ASCII"));
+        HeaderValue::from_str(&forwarded_for.join(", ")).unwrap_or_else(|_| peer.ip.clone())
     };
-    let mut all: Vec<&str> = prior
+    out.append(X_FORWARDED_FOR.clone(), for_);
+    // A TLS terminator in front of colorproxy says https; keep its word, else it is http.
+    let proto = proto
+        .filter(|p| matches!(p.as_bytes(), b"http" | b"https"))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("http"));
+    out.append(X_FORWARDED_PROTO.clone(), proto);
+    if let Some(protocol) = upgrade {
+        out.append(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        out.append(header::UPGRADE, protocol.clone());
+    }
+    out.append(COLOR.clone(), color.clone());
+    out
+}
+
+/// The header names a `Connection` header lists.
+fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .collect();
-    all.push(peer.ip.to_str().expect("an IP address is visible ASCII"));
-    let joined = HeaderValue::from_str(&all.join(", "));
-    let mut prior = prior;
-    match joined {
-        Ok(v) => prior.insert(v),
-        Err(_) => prior.insert(peer.ip.clone()),
-    };
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect()
 }
 
 /// The origin-form target upstream: base path + request path, with exactly one slash between
@@ -776,17 +842,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
+    for name in connection_tokens(headers) {
+        headers.remove(name);
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
@@ -942,17 +999,91 @@ mod tests {
         assert_eq!(seen.len(), 10, "buckets cluster: {seen:?}");
     }
 
+    fn upstream_head(client: &HeaderMap, addr: &str) -> HeaderMap {
+        upstream_headers(
+            client,
+            None,
+            &Peer::new(addr.parse().unwrap()),
+            None,
+            &HeaderValue::from_static("green"),
+            &HeaderValue::from_static("myapp-v2:8080"),
+        )
+    }
+
     #[test]
     fn forwarded_for_appends() {
-        let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, &Peer::new("127.0.0.1:1".parse().unwrap()));
+        let h = upstream_head(&HeaderMap::new(), "127.0.0.1:1");
         assert_eq!(h[&X_FORWARDED_FOR], "127.0.0.1");
-        h.append(
+        let mut client = HeaderMap::new();
+        client.append(
             X_FORWARDED_FOR.clone(),
-            HeaderValue::from_static("10.0.0.9"),
+            HeaderValue::from_static("127.0.0.1"),
         );
-        append_forwarded_for(&mut h, &Peer::new("[::ffff:192.0.2.1]:1".parse().unwrap()));
+        client.append(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_static(" 10.0.0.9"),
+        );
+        client.append(X_FORWARDED_FOR.clone(), HeaderValue::from_static(""));
+        let h = upstream_head(&client, "[::ffff:192.0.2.1]:1");
         assert_eq!(h[&X_FORWARDED_FOR], "127.0.0.1, 10.0.0.9, 192.0.2.1");
         assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+    }
+
+    #[test]
+    fn upstream_head_drops_hop_by_hop_and_sets_the_proxy_headers() {
+        let mut client = HeaderMap::new();
+        client.insert(header::HOST, HeaderValue::from_static("shop.example"));
+        client.append(header::HOST, HeaderValue::from_static("evil.example"));
+        client.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Secret, X-Forwarded-Proto"),
+        );
+        client.insert("x-secret", HeaderValue::from_static("1"));
+        client.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        client.insert(header::TE, HeaderValue::from_static("trailers"));
+        client.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        client.insert(COLOR.clone(), HeaderValue::from_static("blue"));
+        client.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+        client.insert("x-kept", HeaderValue::from_static("1"));
+        let h = upstream_head(&client, "10.1.2.3:5");
+        let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "color",
+                "host",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto",
+                "x-kept"
+            ]
+        );
+        assert_eq!(h.get_all(header::HOST).iter().count(), 1);
+        assert_eq!(h[header::HOST], "shop.example");
+        assert_eq!(h[&X_FORWARDED_HOST], "shop.example");
+        assert_eq!(h[&COLOR], "green");
+        assert_eq!(h[&X_FORWARDED_FOR], "10.1.2.3");
+        // Named by Connection, the client's value is not trusted.
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+    }
+
+    #[test]
+    fn a_request_naming_no_host_gets_the_upstream_s() {
+        let h = upstream_head(&HeaderMap::new(), "10.1.2.3:5");
+        assert_eq!(h[header::HOST], "myapp-v2:8080");
+        assert!(!h.contains_key(&X_FORWARDED_HOST));
+        let h = upstream_headers(
+            &HeaderMap::new(),
+            Some(&Authority::from_static("shop.example:443")),
+            &Peer::new("10.1.2.3:5".parse().unwrap()),
+            Some(&HeaderValue::from_static("websocket")),
+            &HeaderValue::from_static("blue"),
+            &HeaderValue::from_static("myapp-v1:8080"),
+        );
+        assert_eq!(h[header::HOST], "shop.example:443");
+        assert_eq!(h[&X_FORWARDED_HOST], "shop.example:443");
+        assert_eq!(h[header::CONNECTION], "upgrade");
+        assert_eq!(h[header::UPGRADE], "websocket");
     }
 }

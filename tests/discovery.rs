@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,6 +22,9 @@ use tokio::task::JoinHandle;
 struct Task {
     ip: Ipv4Addr,
     hits: Arc<AtomicUsize>,
+    /// False once killed; a request is counted only under this lock, so that nothing is
+    /// counted after `kill` returns (another worker thread may be mid-request).
+    alive: Arc<Mutex<bool>>,
     /// Connections open now, and a signal each time one closes.
     open: Arc<(AtomicUsize, Notify)>,
     accept: JoinHandle<()>,
@@ -36,10 +38,12 @@ impl Task {
             other => panic!("{other}"),
         };
         let hits = Arc::new(AtomicUsize::new(0));
+        let alive = Arc::new(Mutex::new(true));
         let open: Arc<(AtomicUsize, Notify)> = Arc::default();
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let accept = tokio::spawn({
             let hits = hits.clone();
+            let alive = alive.clone();
             let conns = conns.clone();
             let open = open.clone();
             async move {
@@ -48,14 +52,25 @@ impl Task {
                         continue;
                     };
                     let hits = hits.clone();
+                    let alive = alive.clone();
                     let total = total.clone();
                     let service = hyper::service::service_fn(move |_req| {
-                        hits.fetch_add(1, Ordering::SeqCst);
-                        total.add();
+                        let served = {
+                            let alive = alive.lock().unwrap();
+                            if *alive {
+                                hits.fetch_add(1, Ordering::SeqCst);
+                            }
+                            *alive
+                        };
+                        if served {
+                            total.add();
+                        }
                         async move {
-                            Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(
-                                ip.to_string(),
-                            ))))
+                            if !served {
+                                // Dead: the connection breaks, as with a killed container.
+                                return Err("task killed");
+                            }
+                            Ok(hyper::Response::new(Full::new(Bytes::from(ip.to_string()))))
                         }
                     });
                     open.0.fetch_add(1, Ordering::SeqCst);
@@ -73,6 +88,7 @@ impl Task {
         Task {
             ip,
             hits,
+            alive,
             open,
             accept,
             conns,
@@ -109,6 +125,7 @@ impl Task {
     }
 
     fn kill(&self) {
+        *self.alive.lock().unwrap() = false;
         self.accept.abort();
         for conn in self.conns.lock().unwrap().drain(..) {
             conn.abort();
