@@ -178,7 +178,10 @@ impl Drop for RequestBody {
     fn drop(&mut self) {
         if self.started {
             self.finish();
-        } else if let Some(body) = self.inner.take() {
+        } else if let Some(body) = self.inner.take()
+            && !body.is_end_stream()
+        {
+            // An empty body needs no keeping: a retry sends none.
             *self.exchange.unsent_body.lock().expect("body lock") = Some(body);
         }
     }
