@@ -20,8 +20,6 @@ pub const EJECTION_MAX: Duration = Duration::from_secs(60);
 pub struct Endpoint {
     /// `ip:port`, or `name:port` when each new connection resolves the name (discovery off).
     pub authority: Authority,
-    /// The address to connect to; `None` for a name, resolved per connection.
-    pub addr: Option<SocketAddr>,
     /// Keep-alive connections waiting for the next request.
     pub pool: Pool,
     in_flight: AtomicUsize,
@@ -34,7 +32,6 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn new(authority: Authority) -> Endpoint {
         Endpoint {
-            addr: authority.as_str().parse().ok(),
             authority,
             pool: Pool::default(),
             in_flight: AtomicUsize::new(0),

@@ -644,12 +644,7 @@ fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// The request for one attempt, built from the client's request head, which stays as it was
@@ -761,7 +756,7 @@ fn upstream_headers(
         }
     }
     if connection {
-        for named in connection_tokens(client) {
+        for named in connection_named(client) {
             match role(&named) {
                 Role::ForwardedFor => forwarded_for.clear(),
                 Role::ForwardedProto => proto = None,
@@ -801,14 +796,20 @@ fn upstream_headers(
     out
 }
 
-/// The header names a `Connection` header lists.
-fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
+/// The tokens of the `Connection` header(s).
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+}
+
+/// The header names `Connection` lists (hop-by-hop for this connection only).
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect()
 }
 
@@ -842,7 +843,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
         return;
     }
-    for name in connection_tokens(headers) {
+    for name in connection_named(headers) {
         headers.remove(name);
     }
     for name in &HOP_BY_HOP {

@@ -20,7 +20,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use crate::discovery::{LookupError, Resolver};
+use crate::config::Discovery;
+use crate::discovery::{Resolver, discover};
 use crate::endpoints::Endpoint;
 use crate::exchange::{Exchange, RequestBody};
 use crate::pool::Sender;
@@ -186,9 +187,10 @@ impl UpstreamClient {
     }
 
     async fn connect(&self, endpoint: &Endpoint) -> Result<Sender, UpstreamError> {
-        let addrs = match endpoint.addr {
-            Some(addr) => vec![addr],
-            None => self.resolve(endpoint).await?,
+        // An `ip:port` endpoint is connected to as it is; a name is resolved first.
+        let addrs = match endpoint.authority.as_str().parse::<SocketAddr>() {
+            Ok(addr) => vec![addr],
+            Err(_) => self.resolve(endpoint).await?,
         };
         let mut failure = String::new();
         for addr in addrs {
@@ -233,21 +235,17 @@ impl UpstreamClient {
     /// The addresses of an endpoint that is a name (discovery off), asked anew for every
     /// connection: the VIP behaviour an operator chose.
     async fn resolve(&self, endpoint: &Endpoint) -> Result<Vec<SocketAddr>, UpstreamError> {
-        let host = endpoint.authority.host();
         let port = endpoint.authority.port_u16().unwrap_or(80);
-        match self.resolver.lookup(host).await {
-            Ok(ips) => Ok(ips
-                .into_iter()
-                .map(|ip| SocketAddr::new(ip, port))
-                .collect()),
-            Err(e) => Err(UpstreamError {
+        let (ips, _) = discover(&self.resolver, endpoint.authority.host(), Discovery::Off)
+            .await
+            .map_err(|cause| UpstreamError {
                 kind: ErrorKind::Dns,
-                cause: match e {
-                    LookupError::NotFound => format!("{host} does not resolve"),
-                    LookupError::Failed(why) => format!("dns error: {why}"),
-                },
-            }),
-        }
+                cause,
+            })?;
+        Ok(ips
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect())
     }
 }
 

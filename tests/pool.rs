@@ -10,35 +10,9 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// An echo backend that counts the connections it accepted.
-async fn counting_backend() -> (Backend, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    // Counted by a proxy listener in front of the real echo backend.
-    let echo = Backend::echo("blue").await;
-    let count = accepted.clone();
-    let task = tokio::spawn(async move {
-        // The whole backend, not just its address: it lives as long as this task.
-        let echo = echo;
-        loop {
-            let Ok((mut inbound, _)) = listener.accept().await else {
-                continue;
-            };
-            count.fetch_add(1, Ordering::SeqCst);
-            let target = echo.addr;
-            tokio::spawn(async move {
-                let mut outbound = tokio::net::TcpStream::connect(target).await.unwrap();
-                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-            });
-        }
-    });
-    (Backend::adopt(addr, task), accepted)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_requests_share_one_upstream_connection() {
-    let (blue, accepted) = counting_backend().await;
+    let blue = Backend::echo("blue").await;
     let proxy = ProxyProcess::start(&[("BLUE", &blue.url())]);
     let client = client();
     for _ in 0..200 {
@@ -48,12 +22,12 @@ async fn sequential_requests_share_one_upstream_connection() {
     for _ in 0..50 {
         assert_eq!(get(&common::client(), &proxy.url("/")).await.status, 200);
     }
-    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(blue.accepted(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_open_no_more_connections_than_they_need() {
-    let (blue, accepted) = counting_backend().await;
+    let blue = Backend::echo("blue").await;
     let proxy = ProxyProcess::start(&[("BLUE", &blue.url())]);
     let url = proxy.url("/");
     let mut tasks = Vec::new();
@@ -69,7 +43,7 @@ async fn concurrent_requests_open_no_more_connections_than_they_need() {
     for t in tasks {
         t.await.unwrap();
     }
-    let n = accepted.load(Ordering::SeqCst);
+    let n = blue.accepted();
     assert!(
         (1..=8).contains(&n),
         "{n} upstream connections for 8 clients"

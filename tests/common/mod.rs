@@ -8,6 +8,7 @@ use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -220,6 +221,7 @@ pub async fn dead_address() -> String {
 pub struct Backend {
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    accepted: Arc<AtomicUsize>,
 }
 
 impl Drop for Backend {
@@ -235,7 +237,16 @@ impl Backend {
 
     /// A backend the test serves itself, stopped when dropped like the others.
     pub fn adopt(addr: SocketAddr, task: tokio::task::JoinHandle<()>) -> Backend {
-        Backend { addr, task }
+        Backend {
+            addr,
+            task,
+            accepted: Arc::default(),
+        }
+    }
+
+    /// Connections this backend accepted so far (not counted for adopted backends).
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// Serves `handler` for every request, HTTP/1.1 with keep-alive and upgrades.
@@ -254,11 +265,14 @@ impl Backend {
         Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
     {
         let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                counter.fetch_add(1, Ordering::SeqCst);
                 let handler = handler.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
@@ -272,7 +286,11 @@ impl Backend {
                 });
             }
         });
-        Backend { addr, task }
+        Backend {
+            addr,
+            task,
+            accepted,
+        }
     }
 
     /// Answers with a description of the request it got: first line `METHOD path?query`, then
