@@ -5,14 +5,15 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::proxy::{Peer, Proxy};
@@ -22,6 +23,11 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upper bound on a request head (HTTP/1 read buffer, HTTP/2 header list); larger gets 431.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 const LISTEN_BACKLOG: u32 = 1024;
+/// What an HTTP/2 prior-knowledge client sends first (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// How often a connection whose first bytes are only the start of the preface is looked at
+/// again. Real clients send the whole preface in one segment, so this wait is rare.
+const PREFACE_RECHECK: Duration = Duration::from_millis(5);
 
 /// Binds with SO_REUSEPORT, so a new process can take over the port while this one drains.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -45,17 +51,10 @@ pub async fn serve(
     drain_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
-    let graceful = GracefulShutdown::new();
+    let protocols = Arc::new(Protocols::new());
+    // Every connection task holds a receiver: the drain announces itself by sending, and it
+    // is over when the last receiver is gone.
+    let (draining, _) = watch::channel(());
     tokio::pin!(shutdown);
 
     loop {
@@ -75,18 +74,10 @@ pub async fn serve(
         let connections = proxy.metrics().connections_open.clone();
         connections.inc();
         let proxy = proxy.clone();
-        let client = Peer::new(peer);
-        let service = service_fn(move |req| {
-            let proxy = proxy.clone();
-            let client = client.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let protocols = protocols.clone();
+        let draining = draining.subscribe();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if let Err(e) = protocols.serve(stream, peer, proxy, draining).await {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
             connections.dec();
@@ -95,17 +86,187 @@ pub async fn serve(
 
     drop(listener);
     info!(
-        open_connections = graceful.count(),
+        open_connections = draining.receiver_count(),
         open_tunnels = proxy.open_tunnels(),
         drain_timeout = %humantime::format_duration(drain_timeout),
         "listener closed, draining"
     );
+    let _ = draining.send(());
     let drained = async {
-        graceful.shutdown().await;
+        draining.closed().await;
         proxy.tunnels_closed().await;
     };
     match tokio::time::timeout(drain_timeout, drained).await {
         Ok(()) => info!("drained, exiting"),
         Err(_) => warn!("drain timeout reached, closing the remaining connections"),
+    }
+}
+
+/// hyper's HTTP/1 and HTTP/2 connection builders, chosen per connection by its first bytes.
+///
+/// This replaces hyper-util's `auto` builder, which reads the first 24 bytes itself and
+/// replays them through a wrapper around every later read. That replay costs a second read on
+/// each new connection and grows hyper's read buffer of every HTTP/1 connection from 8 to 16
+/// KiB. Peeking leaves the bytes in the socket, so hyper reads the stream directly.
+struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    fn new() -> Protocols {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            // The size check of the buffer alone misses a head that arrives whole.
+            .max_header_size(MAX_HEADER_BYTES)
+            .max_buf_size(MAX_HEADER_BYTES);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEADER_BYTES as u32);
+        Protocols { http1, http2 }
+    }
+
+    async fn serve(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        proxy: Arc<Proxy>,
+        mut draining: watch::Receiver<()>,
+    ) -> Result<(), hyper::Error> {
+        let protocol = tokio::select! {
+            sniffed = tokio::time::timeout(HEADER_READ_TIMEOUT, sniff(&stream)) => match sniffed {
+                Ok(Ok(Some(protocol))) => protocol,
+                Ok(Ok(None)) => return Ok(()),
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "connection failed before its first request");
+                    return Ok(());
+                }
+                Err(_) => {
+                    debug!(%peer, "no request within the header read timeout, closing");
+                    return Ok(());
+                }
+            },
+            // Nothing was asked yet, so nothing is lost by closing now.
+            _ = draining.changed() => return Ok(()),
+        };
+        let client = Peer::new(peer);
+        let service = service_fn(move |req| {
+            let proxy = proxy.clone();
+            let client = client.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) }
+        });
+        let io = TokioIo::new(stream);
+        match protocol {
+            Protocol::Http1 => {
+                let conn = self.http1.serve_connection(io, service).with_upgrades();
+                until_drained(conn, draining, |c| c.graceful_shutdown()).await
+            }
+            // Boxed: HTTP/2 is the rare case here, and its state would double every task.
+            Protocol::Http2 => {
+                let conn = Box::pin(self.http2.serve_connection(io, service));
+                until_drained(conn, draining, |c| c.get_mut().as_mut().graceful_shutdown()).await
+            }
+        }
+    }
+}
+
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Which protocol the client speaks, from its first bytes, read without consuming them.
+/// `None`: the client closed before sending anything.
+async fn sniff(stream: &TcpStream) -> io::Result<Option<Protocol>> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut first).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if first[..n] != H2_PREFACE[..n] {
+            return Ok(Some(Protocol::Http1));
+        }
+        // "PRI " starts no valid HTTP/1 request; hyper checks the rest of the preface.
+        if n >= 4 {
+            return Ok(Some(Protocol::Http2));
+        }
+        // A peek returns at once while any byte is unread, so waiting for readiness would
+        // spin: look again shortly.
+        tokio::time::sleep(PREFACE_RECHECK).await;
+    }
+}
+
+/// Drives a connection to its end, asking it to finish gracefully once the drain starts:
+/// in-flight requests complete, idle keep-alive connections close at once.
+async fn until_drained<C>(
+    conn: C,
+    mut draining: watch::Receiver<()>,
+    graceful_shutdown: impl FnOnce(Pin<&mut C>),
+) -> Result<(), hyper::Error>
+where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        biased;
+        done = conn.as_mut() => return done,
+        _ = draining.changed() => graceful_shutdown(conn.as_mut()),
+    }
+    conn.await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A connected pair on loopback: (what the client writes to, what the server peeks at).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (client.unwrap(), accepted.unwrap().0)
+    }
+
+    async fn sniffed(chunks: &[&[u8]]) -> Option<&'static str> {
+        let (mut client, server) = pair().await;
+        let sniffing = tokio::spawn(async move {
+            let protocol = sniff(&server).await.unwrap();
+            // Nothing was consumed: hyper reads the same bytes.
+            let mut first = [0u8; 3];
+            let n = server.peek(&mut first).await.unwrap();
+            (protocol, first[..n].to_vec())
+        });
+        for chunk in chunks {
+            client.write_all(chunk).await.unwrap();
+            client.flush().await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        client.shutdown().await.unwrap();
+        let (protocol, first) = tokio::time::timeout(Duration::from_secs(10), sniffing)
+            .await
+            .expect("sniffed within the timeout")
+            .unwrap();
+        if let Some(byte) = chunks.iter().flat_map(|c| c.iter()).next() {
+            assert_eq!(first[0], *byte);
+        }
+        protocol.map(|p| match p {
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+        })
+    }
+
+    #[tokio::test]
+    async fn the_first_bytes_tell_the_protocol_and_stay_unread() {
+        assert_eq!(sniffed(&[b"GET / HTTP/1.1\r\n\r\n"]).await, Some("http1"));
+        assert_eq!(sniffed(&[H2_PREFACE]).await, Some("http2"));
+        // Split inside the shared start of POST and PRI: decided once a byte differs.
+        assert_eq!(sniffed(&[b"P", b"OST / HTTP/1.1\r\n"]).await, Some("http1"));
+        assert_eq!(sniffed(&[b"PR", &H2_PREFACE[2..]]).await, Some("http2"));
+        assert_eq!(sniffed(&[]).await, None);
     }
 }

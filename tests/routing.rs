@@ -270,3 +270,32 @@ async fn connect_is_refused_and_absolute_targets_go_to_the_color() {
     );
     assert!(r.contains("x-backend: blue"), "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_send_no_complete_head_are_cut_after_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::echo("blue").await;
+    let proxy = ProxyProcess::start(&[("BLUE", &backend.url())]);
+    let started = std::time::Instant::now();
+    let silent = tokio::net::TcpStream::connect(proxy.addr);
+    let partial = async {
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        s
+    };
+    let (silent, partial) = tokio::join!(silent, partial);
+    for mut conn in [silent.unwrap(), partial] {
+        let mut rest = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            conn.read_to_end(&mut rest),
+        )
+        .await
+        .expect("closed by the proxy within 30 s")
+        .ok();
+    }
+    // The timeout is 10 s; neither connection was closed before it.
+    assert!(started.elapsed() >= std::time::Duration::from_secs(9));
+    // The proxy still serves.
+    assert_eq!(get(&client(), &proxy.url("/")).await.status, 200);
+}
