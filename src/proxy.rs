@@ -430,6 +430,7 @@ impl Proxy {
             return self.no_endpoint(&self.targets[color]);
         };
         let mut retried = false;
+        let mut pooled = true;
         loop {
             let (i, endpoint) = attempt;
             let target = &self.targets[i];
@@ -445,7 +446,7 @@ impl Proxy {
                 Err(msg) => return text(StatusCode::BAD_REQUEST, format!("colorproxy: {msg}\n")),
             };
             exchange.attempt(i, Some(endpoint.clone()));
-            let e = match self.client.send(&endpoint, req, exchange).await {
+            let e = match self.client.send(&endpoint, req, exchange, pooled).await {
                 Ok(resp) => {
                     if endpoint.record_success() {
                         info!(color = target.name, endpoint = %endpoint.authority, "endpoint answers again");
@@ -454,6 +455,19 @@ impl Proxy {
                 }
                 Err(e) => e,
             };
+            // A keep-alive connection the upstream closed as it was reused: the endpoint is
+            // fine, and a request that may go again goes on a new connection to it, once.
+            if e.stale_connection && pooled && body_empty && parts.method.is_idempotent() {
+                debug!(
+                    color = target.name,
+                    endpoint = %endpoint.authority,
+                    cause = %e.cause,
+                    "pooled connection closed by the upstream, retrying on a new one"
+                );
+                pooled = false;
+                attempt = (i, endpoint);
+                continue;
+            }
             self.metrics
                 .upstream_errors
                 .get_or_create(&ErrorLabels {

@@ -41,6 +41,10 @@ pub struct UpstreamError {
     pub kind: ErrorKind,
     /// The cause chain, e.g. `tcp connect error: Connection refused (os error 111)`.
     pub cause: String,
+    /// The request went out on a pooled keep-alive connection that broke before any response.
+    /// Most likely the upstream closed it as it was reused (its idle timeout raced ours), which
+    /// says nothing about the endpoint: a new connection will do.
+    pub stale_connection: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +77,16 @@ impl ErrorKind {
     }
 }
 
+impl UpstreamError {
+    fn new(kind: ErrorKind, cause: String) -> UpstreamError {
+        UpstreamError {
+            kind,
+            cause,
+            stale_connection: false,
+        }
+    }
+}
+
 impl fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.kind.as_str(), self.cause)
@@ -100,14 +114,17 @@ impl UpstreamClient {
     /// multi-GB upload may take longer than any sensible wait for a response head. While the
     /// body is being sent, the same time without any progress ends the exchange too (an
     /// upstream that stopped reading, or a client that stopped sending).
+    ///
+    /// `pooled: false` asks for a new connection, for a retry after a stale pooled one.
     pub async fn send(
         &self,
         endpoint: &Arc<Endpoint>,
         req: Request<RequestBody>,
         exchange: &Exchange,
+        pooled: bool,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let body_pending = !req.body().is_end_stream();
-        let response = self.exchange(endpoint, req);
+        let response = self.exchange(endpoint, req, pooled);
         tokio::pin!(response);
         if body_pending {
             let mut sent = exchange.bytes_in();
@@ -117,13 +134,13 @@ impl UpstreamClient {
                     () = exchange.body_sent() => break,
                     () = tokio::time::sleep(self.request_timeout) => {
                         if exchange.bytes_in() == sent {
-                            return Err(UpstreamError {
-                                kind: ErrorKind::Timeout,
-                                cause: format!(
+                            return Err(UpstreamError::new(
+                                ErrorKind::Timeout,
+                                format!(
                                     "the request body made no progress for {} ({sent} bytes sent)",
                                     humantime::format_duration(self.request_timeout)
                                 ),
-                            });
+                            ));
                         }
                         sent = exchange.bytes_in();
                     }
@@ -132,13 +149,13 @@ impl UpstreamClient {
         }
         match tokio::time::timeout(self.request_timeout, response).await {
             Ok(res) => res,
-            Err(_) => Err(UpstreamError {
-                kind: ErrorKind::Timeout,
-                cause: format!(
+            Err(_) => Err(UpstreamError::new(
+                ErrorKind::Timeout,
+                format!(
                     "no response headers within {}",
                     humantime::format_duration(self.request_timeout)
                 ),
-            }),
+            )),
         }
     }
 
@@ -148,9 +165,15 @@ impl UpstreamClient {
         &self,
         endpoint: &Arc<Endpoint>,
         mut req: Request<RequestBody>,
+        pooled: bool,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         loop {
-            let (mut sender, reused) = match endpoint.pool.checkout() {
+            let idle = if pooled {
+                endpoint.pool.checkout()
+            } else {
+                None
+            };
+            let (mut sender, reused) = match idle {
                 // Not ready yet (its last exchange is still finishing): not worth a wait.
                 Some(sender) if !sender.is_ready() => continue,
                 Some(sender) => (sender, true),
@@ -170,16 +193,15 @@ impl UpstreamClient {
                     // A new connection that closed before the request went out: nothing
                     // reached the upstream, as with a refused connect.
                     Some(_) => {
-                        return Err(UpstreamError {
-                            kind: ErrorKind::Connect,
-                            cause: "the connection closed before the request was sent".into(),
-                        });
+                        return Err(UpstreamError::new(
+                            ErrorKind::Connect,
+                            "the connection closed before the request was sent".into(),
+                        ));
                     }
                     None => {
-                        return Err(UpstreamError {
-                            kind: ErrorKind::Reset,
-                            cause: cause_chain(e.error()),
-                        });
+                        let mut err = UpstreamError::new(ErrorKind::Reset, cause_chain(e.error()));
+                        err.stale_connection = reused;
+                        return Err(err);
                     }
                 },
             }
@@ -215,10 +237,7 @@ impl UpstreamClient {
                 .http1
                 .handshake(TokioIo::new(stream))
                 .await
-                .map_err(|e| UpstreamError {
-                    kind: ErrorKind::Connect,
-                    cause: cause_chain(&e),
-                })?;
+                .map_err(|e| UpstreamError::new(ErrorKind::Connect, cause_chain(&e)))?;
             tokio::spawn(async move {
                 if let Err(e) = conn.with_upgrades().await {
                     debug!(endpoint = %addr, error = %cause_chain(&e), "upstream connection failed");
@@ -226,10 +245,7 @@ impl UpstreamClient {
             });
             return Ok(sender);
         }
-        Err(UpstreamError {
-            kind: ErrorKind::Connect,
-            cause: failure,
-        })
+        Err(UpstreamError::new(ErrorKind::Connect, failure))
     }
 
     /// The addresses of an endpoint that is a name (discovery off), asked anew for every
@@ -238,10 +254,7 @@ impl UpstreamClient {
         let port = endpoint.authority.port_u16().unwrap_or(80);
         let (ips, _) = discover(&self.resolver, endpoint.authority.host(), Discovery::Off)
             .await
-            .map_err(|cause| UpstreamError {
-                kind: ErrorKind::Dns,
-                cause,
-            })?;
+            .map_err(|cause| UpstreamError::new(ErrorKind::Dns, cause))?;
         Ok(ips
             .into_iter()
             .map(|ip| SocketAddr::new(ip, port))

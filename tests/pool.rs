@@ -96,3 +96,74 @@ async fn connections_the_upstream_closed_cost_no_request() {
     // each was served exactly once.
     assert_eq!(served.load(Ordering::SeqCst), 300);
 }
+
+/// Answers the first request on each connection and closes the connection on reading the
+/// second, unanswered: the race of an upstream keep-alive timeout, made certain. Counts the
+/// connections it accepted and the request heads it read.
+async fn drop_second_request_backend() -> (Backend, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (conns, heads) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let counts = (conns.clone(), heads.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            conns.fetch_add(1, Ordering::SeqCst);
+            let heads = heads.clone();
+            tokio::spawn(async move {
+                for answered in [true, false] {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    heads.fetch_add(1, Ordering::SeqCst);
+                    if answered {
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    (Backend::adopt(addr, task), counts.0, counts.1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_on_a_pooled_connection_the_upstream_closed_goes_again_on_a_new_one() {
+    let (blue, conns, heads) = drop_second_request_backend().await;
+    let proxy = ProxyProcess::start(&[("BLUE", &blue.url())]);
+    let client = client();
+    let first = get(&client, &proxy.url("/first")).await;
+    assert_eq!((first.status, first.body.as_str()), (200, "ok\n"));
+    // Sent on the pooled connection, which breaks; then sent on a new one.
+    let second = get(&client, &proxy.url("/second")).await;
+    assert_eq!((second.status, second.body.as_str()), (200, "ok\n"));
+    assert_eq!(conns.load(Ordering::SeqCst), 2);
+    assert_eq!(heads.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_on_a_pooled_connection_the_upstream_closed_is_not_sent_twice() {
+    let (blue, conns, heads) = drop_second_request_backend().await;
+    let proxy = ProxyProcess::start(&[("BLUE", &blue.url())]);
+    let client = client();
+    assert_eq!(get(&client, &proxy.url("/first")).await.status, 200);
+    let post = hyper::Request::post(proxy.url("/order"))
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(
+            "one order",
+        )))
+        .unwrap();
+    let reply = send(&client, post).await;
+    // The upstream read it and may have acted on it: the client decides, not the proxy.
+    assert_eq!(reply.status, 502, "{}", reply.body);
+    assert!(reply.body.contains("reset"), "{}", reply.body);
+    assert_eq!(heads.load(Ordering::SeqCst), 2);
+    assert_eq!(conns.load(Ordering::SeqCst), 1);
+}
