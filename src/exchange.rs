@@ -91,12 +91,12 @@ impl Exchange {
             .unwrap_or(NO_COLOR)
     }
 
-    /// Waits until the request body has been sent (or abandoned).
     /// Request body bytes sent upstream so far.
     pub fn bytes_in(&self) -> u64 {
         self.bytes_in.load(Ordering::Relaxed)
     }
 
+    /// Waits until the request body has been sent (or abandoned).
     pub async fn body_sent(&self) {
         self.body_sent.notified().await
     }

@@ -37,17 +37,24 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the proxy-auth pair of RFC 2616 §13.5.1, which
 /// are meant for this proxy and would leak credentials if passed on).
-static HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
+///
+/// As text: comparing a name's text costs a length check for most names, where comparing
+/// `HeaderName`s goes through their representation for each of the nine.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
 ];
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name.as_str())
+}
 
 /// The client end of a connection, with its address formatted for `X-Forwarded-For` once per
 /// connection rather than once per request.
@@ -706,7 +713,7 @@ fn role(name: &HeaderName) -> Role {
         Role::Host
     } else if name == header::CONNECTION {
         Role::Connection
-    } else if HOP_BY_HOP.contains(name) {
+    } else if is_hop_by_hop(name) {
         Role::HopByHop
     } else if name == COLOR {
         Role::Color
@@ -854,13 +861,13 @@ fn upstream_uri(base: &str, original: &Uri) -> Result<Uri, String> {
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages have none: one pass over the names beats nine removals.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
     for name in connection_named(headers) {
         headers.remove(name);
     }
-    for name in &HOP_BY_HOP {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
 }
