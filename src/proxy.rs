@@ -462,6 +462,13 @@ impl Proxy {
                 }
                 Err(e) => e,
             };
+            self.metrics
+                .upstream_errors
+                .get_or_create(&ErrorLabels {
+                    color: target.name,
+                    kind: e.kind.as_str(),
+                })
+                .inc();
             // A keep-alive connection the upstream closed as it was reused: the endpoint is
             // fine, and a request that may go again goes on a new connection to it, once.
             if e.stale_connection && pooled && body_empty && parts.method.is_idempotent() {
@@ -475,13 +482,6 @@ impl Proxy {
                 attempt = (i, endpoint);
                 continue;
             }
-            self.metrics
-                .upstream_errors
-                .get_or_create(&ErrorLabels {
-                    color: target.name,
-                    kind: e.kind.as_str(),
-                })
-                .inc();
             if e.kind != ErrorKind::Timeout
                 && let Some(ejected_for) = endpoint.record_failure()
             {
