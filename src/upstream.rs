@@ -6,7 +6,6 @@
 
 use std::error::Error as StdError;
 use std::fmt;
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -316,10 +315,7 @@ fn cause_chain(err: &(dyn StdError + 'static)) -> String {
     let mut chain: Vec<String> = vec![err.to_string()];
     let mut source = err.source();
     while let Some(e) = source {
-        let text = match e.downcast_ref::<io::Error>() {
-            Some(io) => io.to_string(),
-            None => e.to_string(),
-        };
+        let text = e.to_string();
         if !chain.iter().any(|c| c.contains(&text)) {
             chain.push(text);
         }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_requests_share_one_upstream_connection() {
@@ -50,57 +50,12 @@ async fn concurrent_requests_open_no_more_connections_than_they_need() {
     );
 }
 
-/// Answers every request on a connection, then closes it without saying so (no
-/// `Connection: close`), as an app server whose keep-alive timeout fired would.
-async fn closing_backend() -> (Backend, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let served = Arc::new(AtomicUsize::new(0));
-    let count = served.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let count = count.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                count.fetch_add(1, Ordering::SeqCst);
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
-                    .await;
-                // Dropped: closed right after the response.
-            });
-        }
-    });
-    (Backend::adopt(addr, task), served)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_the_upstream_closed_cost_no_request() {
-    let (blue, served) = closing_backend().await;
-    let proxy = ProxyProcess::start(&[("BLUE", &blue.url())]);
-    let client = client();
-    for i in 0..300 {
-        let r = get(&client, &proxy.url(&format!("/{i}"))).await;
-        assert_eq!((r.status, r.body.as_str()), (200, "ok\n"), "request {i}");
-    }
-    // A request sent on a connection the backend had already closed was never read there:
-    // each was served exactly once.
-    assert_eq!(served.load(Ordering::SeqCst), 300);
-}
-
-/// Answers the first request on each connection and closes the connection on reading the
-/// second, unanswered: the race of an upstream keep-alive timeout, made certain. Counts the
-/// connections it accepted and the request heads it read.
-async fn drop_second_request_backend() -> (Backend, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+/// A backend that answers the first request on each connection with `ok` and then closes the
+/// connection without saying so (no `Connection: close`), as an app server whose keep-alive
+/// timeout fired would: at once, or (`await_second`) only on reading the next request, which
+/// it leaves unanswered: the race with a proxy reusing the connection, made certain.
+/// Counts the connections it accepted and the request heads it read.
+async fn one_answer_backend(await_second: bool) -> (Backend, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (conns, heads) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -113,31 +68,53 @@ async fn drop_second_request_backend() -> (Backend, Arc<AtomicUsize>, Arc<Atomic
             conns.fetch_add(1, Ordering::SeqCst);
             let heads = heads.clone();
             tokio::spawn(async move {
-                for answered in [true, false] {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    heads.fetch_add(1, Ordering::SeqCst);
-                    if answered {
-                        let _ = stream
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
-                            .await;
-                    }
+                if !read_head(&mut stream).await {
+                    return;
                 }
+                heads.fetch_add(1, Ordering::SeqCst);
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+                    .await;
+                if await_second && read_head(&mut stream).await {
+                    heads.fetch_add(1, Ordering::SeqCst);
+                }
+                // Dropped: closed without a word.
             });
         }
     });
     (Backend::adopt(addr, task), counts.0, counts.1)
 }
 
+/// Reads up to the end of one request head; false if the connection ended first.
+async fn read_head(stream: &mut TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_upstream_closed_cost_no_request() {
+    let (blue, _, served) = one_answer_backend(false).await;
+    let proxy = ProxyProcess::start(&[("BLUE", &blue.url())]);
+    let client = client();
+    for i in 0..300 {
+        let r = get(&client, &proxy.url(&format!("/{i}"))).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "ok\n"), "request {i}");
+    }
+    // A request sent on a connection the backend had already closed was never read there:
+    // each was served exactly once.
+    assert_eq!(served.load(Ordering::SeqCst), 300);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_on_a_pooled_connection_the_upstream_closed_goes_again_on_a_new_one() {
-    let (blue, conns, heads) = drop_second_request_backend().await;
+    let (blue, conns, heads) = one_answer_backend(true).await;
     let proxy = ProxyProcess::start(&[("BLUE", &blue.url())]);
     let client = client();
     let first = get(&client, &proxy.url("/first")).await;
@@ -151,7 +128,7 @@ async fn a_get_on_a_pooled_connection_the_upstream_closed_goes_again_on_a_new_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_on_a_pooled_connection_the_upstream_closed_is_not_sent_twice() {
-    let (blue, conns, heads) = drop_second_request_backend().await;
+    let (blue, conns, heads) = one_answer_backend(true).await;
     let proxy = ProxyProcess::start(&[("BLUE", &blue.url())]);
     let client = client();
     assert_eq!(get(&client, &proxy.url("/first")).await.status, 200);
