@@ -23,6 +23,14 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
 /// Docker's embedded DNS answers with a 600 s TTL; Swarm tasks come and go much faster.
 pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
+/// nginx's `client_body_buffer_size` keeps 16 KiB in memory and spills to disk; with no disk
+/// here, 1 MiB covers the form posts and JSON bodies that a slow client would otherwise feed to
+/// the upstream byte by byte.
+pub const DEFAULT_REQUEST_BUFFER: u64 = 1 << 20;
+pub const DEFAULT_RESPONSE_BUFFER: u64 = 1 << 20;
+/// nginx's `client_body_timeout` is 60 s between reads; a whole buffered body in 30 s is
+/// 35 KB/s for 1 MiB, slower than any real client.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Per-color variables are the color's name plus one of these.
 const COLOR_SUFFIXES: &[&str] = &["_WEIGHT", "_DISCOVERY", "_PREFIX"];
@@ -38,6 +46,9 @@ const RESERVED: &[&str] = &[
     "CONNECT_TIMEOUT",
     "REQUEST_TIMEOUT",
     "DRAIN_TIMEOUT",
+    "REQUEST_BUFFER",
+    "RESPONSE_BUFFER",
+    "BODY_TIMEOUT",
     "LOG_FORMAT",
     "RUST_LOG",
     "ADMIN_LISTEN",
@@ -56,6 +67,12 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub drain_timeout: Duration,
+    /// Bytes of a request body read before an upstream is picked; 0 streams at once.
+    pub request_buffer: u64,
+    /// Bytes of a response body read from the upstream ahead of the client; 0 streams.
+    pub response_buffer: u64,
+    /// Time for the buffered part of a request body to arrive.
+    pub body_timeout: Duration,
     pub log_format: LogFormat,
     pub log_filter: String,
     /// `None` when ADMIN_LISTEN=off.
@@ -194,6 +211,9 @@ struct Settings {
     connect_timeout: Option<String>,
     request_timeout: Option<String>,
     drain_timeout: Option<String>,
+    request_buffer: Option<String>,
+    response_buffer: Option<String>,
+    body_timeout: Option<String>,
     log_format: Option<String>,
     rust_log: Option<String>,
     admin_listen: Option<String>,
@@ -297,6 +317,25 @@ impl Config {
             &settings.drain_timeout,
             DEFAULT_DRAIN_TIMEOUT,
             true,
+            &mut problems,
+        );
+        let request_buffer = size(
+            "REQUEST_BUFFER",
+            &settings.request_buffer,
+            DEFAULT_REQUEST_BUFFER,
+            &mut problems,
+        );
+        let response_buffer = size(
+            "RESPONSE_BUFFER",
+            &settings.response_buffer,
+            DEFAULT_RESPONSE_BUFFER,
+            &mut problems,
+        );
+        let body_timeout = duration(
+            "BODY_TIMEOUT",
+            &settings.body_timeout,
+            DEFAULT_BODY_TIMEOUT,
+            false,
             &mut problems,
         );
         let dns_refresh = duration(
@@ -504,6 +543,9 @@ impl Config {
             connect_timeout,
             request_timeout,
             drain_timeout,
+            request_buffer,
+            response_buffer,
+            body_timeout,
             log_format,
             log_filter,
             admin_listen,
@@ -620,6 +662,9 @@ impl Config {
             "connect_timeout": d(self.connect_timeout),
             "request_timeout": d(self.request_timeout),
             "drain_timeout": d(self.drain_timeout),
+            "request_buffer": self.request_buffer,
+            "response_buffer": self.response_buffer,
+            "body_timeout": d(self.body_timeout),
             "access_log": self.access_log,
             "response_headers": self.response_headers,
         })
@@ -737,6 +782,28 @@ fn duration(
                 var,
                 v,
                 &format!("expected a duration such as 250ms, 5s or 1m ({e})"),
+            ));
+            default
+        }
+    }
+}
+
+/// Beyond this, one body alone could hold a large part of the process-wide buffer budget.
+const MAX_BUFFER: u64 = 64 << 20;
+
+fn size(var: &str, value: &Option<String>, default: u64, problems: &mut Vec<Problem>) -> u64 {
+    let Some(v) = value else { return default };
+    match v.trim().parse::<bytesize::ByteSize>() {
+        Ok(b) if b.as_u64() <= MAX_BUFFER => b.as_u64(),
+        Ok(_) => {
+            problems.push(problem(var, v, "expected at most 64MiB"));
+            default
+        }
+        Err(e) => {
+            problems.push(problem(
+                var,
+                v,
+                &format!("expected a size such as 0, 64KiB or 1MiB ({e})"),
             ));
             default
         }
@@ -935,6 +1002,29 @@ mod tests {
         assert_eq!(c.request_timeout, Duration::from_secs(120));
         assert_eq!(c.drain_timeout, Duration::ZERO);
         assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn buffer_sizes() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.request_buffer, 1 << 20);
+        assert_eq!(c.response_buffer, 1 << 20);
+        assert_eq!(c.body_timeout, Duration::from_secs(30));
+        let c = parse(&[
+            ("REQUEST_BUFFER", "0"),
+            ("RESPONSE_BUFFER", "64KiB"),
+            ("BODY_TIMEOUT", "5s"),
+        ])
+        .unwrap();
+        assert_eq!((c.request_buffer, c.response_buffer), (0, 64 << 10));
+        assert_eq!(c.body_timeout, Duration::from_secs(5));
+        let p = problems(&[
+            ("REQUEST_BUFFER", "lots"),
+            ("RESPONSE_BUFFER", "1GiB"),
+            ("BODY_TIMEOUT", "0s"),
+        ]);
+        let vars: Vec<&str> = p.iter().map(|p| p.var.as_str()).collect();
+        assert_eq!(vars, ["REQUEST_BUFFER", "RESPONSE_BUFFER", "BODY_TIMEOUT"]);
     }
 
     #[test]

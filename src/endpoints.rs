@@ -187,18 +187,18 @@ impl EndpointSet {
     }
 
     /// Power of two choices: of two random eligible endpoints, the one with fewer requests in
-    /// flight. Eligible means live and not `exclude`; with `ignore_health` ejected endpoints are
+    /// flight. Eligible means live and not in `exclude`; with `ignore_health` ejected endpoints are
     /// eligible too (when nothing is live anywhere, trying beats refusing).
     pub fn pick<R: Rng + ?Sized>(
         &self,
         rng: &mut R,
-        exclude: Option<&Authority>,
+        exclude: &[Authority],
         ignore_health: bool,
     ) -> Option<Arc<Endpoint>> {
         let now = now_ms();
         let list = self.endpoints.read().expect("endpoint lock");
         let eligible = |e: &Endpoint| {
-            (ignore_health || e.is_live(now)) && exclude.is_none_or(|x| *x != e.authority)
+            (ignore_health || e.is_live(now)) && !exclude.contains(&e.authority)
         };
         let n = list.len();
         if n == 0 {
@@ -274,7 +274,7 @@ mod tests {
         let _busy: Vec<_> = (0..5).map(|_| InFlight::new(list[0].clone())).collect();
         let mut rng = StdRng::seed_from_u64(1);
         for _ in 0..100 {
-            let e = s.pick(&mut rng, None, false).unwrap();
+            let e = s.pick(&mut rng, &[], false).unwrap();
             assert_eq!(e.authority, list[1].authority);
         }
     }
@@ -285,7 +285,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(7);
         let mut counts = [0usize; 4];
         for _ in 0..40_000 {
-            let e = s.pick(&mut rng, None, false).unwrap();
+            let e = s.pick(&mut rng, &[], false).unwrap();
             let i = s
                 .snapshot()
                 .iter()
@@ -309,7 +309,7 @@ mod tests {
         assert_eq!(list[0].record_failure(), Some(EJECTION_BASE));
         let mut rng = StdRng::seed_from_u64(3);
         for _ in 0..200 {
-            let e = s.pick(&mut rng, Some(&list[1].authority), false).unwrap();
+            let e = s.pick(&mut rng, std::slice::from_ref(&list[1].authority), false).unwrap();
             assert_eq!(e.authority, list[2].authority);
         }
         assert_eq!(s.counts(), (2, 1));
@@ -318,9 +318,9 @@ mod tests {
         only0.snapshot()[0]
             .ejected_until
             .store(u64::MAX, Ordering::Relaxed);
-        assert!(only0.pick(&mut rng, None, false).is_none());
+        assert!(only0.pick(&mut rng, &[], false).is_none());
         assert!(!only0.has_live());
-        assert!(only0.pick(&mut rng, None, true).is_some());
+        assert!(only0.pick(&mut rng, &[], true).is_some());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -17,12 +17,15 @@ use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::{Method, Request, Uri};
 use tokio::sync::Notify;
 
+use crate::blame::{CLIENT_CLOSED, ClientFault};
+use crate::buffering::{Buffered, Partial, ResponseAhead};
 use crate::endpoints::{Endpoint, InFlight};
 use crate::metrics::{Metrics, NO_COLOR};
 use crate::upstream::UpstreamBody;
 
-/// Status recorded for a client that went away before its response began (nginx's convention).
-const CLIENT_CLOSED: u16 = 499;
+/// A response on its way to the client: the upstream's as it streams, read ahead, or a short
+/// message of the proxy's own.
+pub type Outgoing = Either<Either<UpstreamBody, ResponseAhead<hyper::Error>>, Full<Bytes>>;
 
 pub struct Exchange {
     metrics: Arc<Metrics>,
@@ -34,8 +37,14 @@ pub struct Exchange {
     color: AtomicUsize,
     /// The endpoint of the current attempt, counted as in flight until the exchange ends.
     endpoint: Mutex<Option<InFlight>>,
-    /// The request body, back from an attempt whose connection failed before sending it.
-    unsent_body: Mutex<Option<Incoming>>,
+    /// The streamed request body, back from an attempt whose connection failed before
+    /// sending it.
+    unsent_body: Mutex<Option<Box<Partial>>>,
+    /// What the client did wrong while its body was on the way, if anything.
+    client_fault: Mutex<Option<ClientFault>>,
+    /// The streamed body is waiting for the client's next bytes (not for the upstream to
+    /// read): a stall now is the client's.
+    waiting_for_client: AtomicBool,
     status: AtomicU16,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -59,6 +68,8 @@ impl Exchange {
             color: AtomicUsize::new(usize::MAX),
             endpoint: Mutex::new(None),
             unsent_body: Mutex::new(None),
+            client_fault: Mutex::new(None),
+            waiting_for_client: AtomicBool::new(false),
             status: AtomicU16::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
@@ -78,8 +89,24 @@ impl Exchange {
     }
 
     /// The body of a request whose connection failed before anything was sent, for a retry.
-    pub fn take_unsent_body(&self) -> Option<Incoming> {
+    pub fn take_unsent_body(&self) -> Option<Box<Partial>> {
         self.unsent_body.lock().expect("body lock").take()
+    }
+
+    /// Blames the client for how its exchange ended (the first fault found is kept).
+    pub fn client_failed(&self, fault: ClientFault) {
+        self.client_fault
+            .lock()
+            .expect("fault lock")
+            .get_or_insert(fault);
+    }
+
+    pub fn client_fault(&self) -> Option<ClientFault> {
+        self.client_fault.lock().expect("fault lock").clone()
+    }
+
+    pub fn waiting_for_client(&self) -> bool {
+        self.waiting_for_client.load(Ordering::Relaxed)
     }
 
     fn color_name(&self) -> &'static str {
@@ -104,7 +131,7 @@ impl Exchange {
     /// Wraps the response for the client; the status is what the exchange is counted as.
     pub fn respond(
         self: Arc<Self>,
-        resp: hyper::Response<Either<UpstreamBody, Full<Bytes>>>,
+        resp: hyper::Response<Outgoing>,
     ) -> hyper::Response<ResponseBody> {
         self.status.store(resp.status().as_u16(), Ordering::Relaxed);
         resp.map(|inner| ResponseBody {
@@ -149,21 +176,46 @@ impl Drop for Exchange {
     }
 }
 
-/// The client's request body on its way upstream: counted, and reported when sent. Dropped
-/// unsent (the connection failed first), it goes back to the exchange for a retry.
+/// The client's request body on its way upstream: counted, and reported when sent. A streamed
+/// body dropped unsent (the connection failed first) goes back to the exchange for a retry; a
+/// buffered one is simply sent again.
 pub struct RequestBody {
     /// Boxed: hyper keeps this type in a per-connection queue of 32 slots, so each byte here
     /// costs 32 on every upstream connection, and most requests have no body.
-    inner: Option<Box<Incoming>>,
+    inner: Option<Box<Source>>,
     exchange: Arc<Exchange>,
     started: bool,
 }
 
+enum Source {
+    Buffered {
+        body: Arc<Buffered>,
+        next: usize,
+    },
+    Streamed(Box<Partial>),
+}
+
 impl RequestBody {
-    pub fn new(inner: Option<Incoming>, exchange: Arc<Exchange>) -> RequestBody {
+    pub fn empty(exchange: Arc<Exchange>) -> RequestBody {
         RequestBody {
-            // An empty body needs neither a box nor keeping for a retry: a retry sends none.
-            inner: inner.filter(|b| !b.is_end_stream()).map(Box::new),
+            inner: None,
+            exchange,
+            started: false,
+        }
+    }
+
+    pub fn buffered(body: Arc<Buffered>, exchange: Arc<Exchange>) -> RequestBody {
+        RequestBody {
+            inner: (body.len > 0 || body.trailers.is_some())
+                .then(|| Box::new(Source::Buffered { body, next: 0 })),
+            exchange,
+            started: false,
+        }
+    }
+
+    pub fn streamed(body: Box<Partial>, exchange: Arc<Exchange>) -> RequestBody {
+        RequestBody {
+            inner: Some(Box::new(Source::Streamed(body))),
             exchange,
             started: false,
         }
@@ -181,8 +233,10 @@ impl Drop for RequestBody {
     fn drop(&mut self) {
         if self.started {
             self.finish();
-        } else if let Some(body) = self.inner.take() {
-            *self.exchange.unsent_body.lock().expect("body lock") = Some(*body);
+        } else if let Some(source) = self.inner.take()
+            && let Source::Streamed(body) = *source
+        {
+            *self.exchange.unsent_body.lock().expect("body lock") = Some(body);
         }
     }
 }
@@ -200,7 +254,32 @@ impl Body for RequestBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let polled = Pin::new(&mut **inner).poll_frame(cx);
+        let polled = match &mut **inner {
+            Source::Buffered { body, next } => {
+                let frame = match body.chunks.get(*next) {
+                    Some(chunk) => Some(Frame::data(chunk.clone())),
+                    None if *next == body.chunks.len() => {
+                        body.trailers.clone().map(Frame::trailers)
+                    }
+                    None => None,
+                };
+                *next += 1;
+                Poll::Ready(frame.map(Ok))
+            }
+            Source::Streamed(partial) => match partial.prefix.pop_front() {
+                Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                None => {
+                    let polled = Pin::new(&mut partial.rest).poll_frame(cx);
+                    this.exchange
+                        .waiting_for_client
+                        .store(polled.is_pending(), Ordering::Relaxed);
+                    if let Poll::Ready(Some(Err(e))) = &polled {
+                        this.exchange.client_failed(ClientFault::from_body_error(e));
+                    }
+                    polled
+                }
+            },
+        };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -215,19 +294,42 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_deref().is_none_or(Body::is_end_stream)
+        match self.inner.as_deref() {
+            None => true,
+            Some(Source::Buffered { body, next }) => {
+                *next >= body.chunks.len() + usize::from(body.trailers.is_some())
+            }
+            Some(Source::Streamed(p)) => p.prefix.is_empty() && p.rest.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_deref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+        match self.inner.as_deref() {
+            None => SizeHint::with_exact(0),
+            Some(Source::Buffered { body, next }) => SizeHint::with_exact(
+                body.chunks
+                    .iter()
+                    .skip(*next)
+                    .map(|c| c.len() as u64)
+                    .sum(),
+            ),
+            Some(Source::Streamed(p)) => {
+                let ahead: u64 = p.prefix.iter().map(|c| c.len() as u64).sum();
+                let rest = p.rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(ahead + rest.lower());
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(ahead + upper);
+                }
+                hint
+            }
+        }
     }
 }
 
 /// The response on its way to the client: counted; its end (or abandonment) ends the exchange.
 pub struct ResponseBody {
-    inner: Either<UpstreamBody, Full<Bytes>>,
+    inner: Outgoing,
     exchange: Arc<Exchange>,
 }
 

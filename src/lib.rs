@@ -7,6 +7,8 @@
 
 pub mod admin;
 pub mod balancer;
+pub mod blame;
+pub mod buffering;
 pub mod config;
 pub mod discovery;
 pub mod endpoints;

@@ -45,6 +45,16 @@ pub struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
     pub color: &'static str,
     pub state: &'static str,
@@ -67,6 +77,8 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<ColorLabels, Histogram>,
     pub upstream_errors: Family<ErrorLabels, Counter>,
+    client_errors: Family<KindLabels, Counter>,
+    buffer_overflows: Family<DirectionLabels, Counter>,
     pub connections_open: Gauge,
     pub in_flight: Gauge,
 }
@@ -95,6 +107,18 @@ impl Metrics {
             "upstream_errors",
             "Upstream requests that got no response, by color and kind (dns, connect, timeout, reset)",
             upstream_errors.clone(),
+        );
+        let client_errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "client_errors",
+            "Requests the client broke, by kind (malformed_body, client_gone, body_timeout); never counted against a color or upstream",
+            client_errors.clone(),
+        );
+        let buffer_overflows = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "buffer_overflow",
+            "Bodies streamed unbuffered because the process-wide buffer budget was full, by direction (request, response)",
+            buffer_overflows.clone(),
         );
         let weight = Family::<ColorLabels, Gauge>::default();
         registry.register(
@@ -158,9 +182,21 @@ impl Metrics {
             requests,
             duration,
             upstream_errors,
+            client_errors,
+            buffer_overflows,
             connections_open,
             in_flight,
         }
+    }
+
+    pub fn client_error(&self, kind: &'static str) {
+        self.client_errors.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    pub fn buffer_overflow(&self, direction: &'static str) {
+        self.buffer_overflows
+            .get_or_create(&DirectionLabels { direction })
+            .inc();
     }
 
     /// Counts one answered request of the color at `color` (an index into the configured

@@ -18,16 +18,22 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::balancer::Balancer;
+use crate::blame::ClientFault;
+use crate::buffering::{self, Budget, RequestAhead, ResponseFailure, ResponseRead};
 use crate::config::{BUCKETS, Color, Config, Discovery, Sticky};
 use crate::discovery::{Resolver, Watch};
 use crate::endpoints::{Endpoint, EndpointSet};
-use crate::exchange::{Exchange, RequestBody, ResponseBody};
+use crate::exchange::{Exchange, Outgoing, RequestBody, ResponseBody};
 use crate::metrics::{ErrorLabels, Metrics};
-use crate::upstream::{ErrorKind, UpstreamBody, UpstreamClient};
+use crate::upstream::{ErrorKind, UpstreamBody, UpstreamClient, UpstreamError};
 
 /// The body the proxy answers with: the upstream's, streamed, or a short message of its own.
 pub type ProxyBody = ResponseBody;
-type Body = Either<UpstreamBody, Full<Bytes>>;
+type Body = Outgoing;
+
+/// Attempts for a request whose earlier attempts never reached an upstream (refused,
+/// unreachable, connect timeout, DNS): enough to get past a Swarm node's worth of dead tasks.
+const MAX_ATTEMPTS: usize = 5;
 
 pub static COLOR: HeaderName = HeaderName::from_static("color");
 static COLORPROXY_CONFIG: HeaderName = HeaderName::from_static("colorproxy-config");
@@ -124,6 +130,13 @@ pub struct Proxy {
     access_log: bool,
     /// The config hash for `Colorproxy-Config`, when RESPONSE_HEADERS=on.
     config_header: Option<HeaderValue>,
+    budget: Arc<Budget>,
+    request_buffer: u64,
+    response_buffer: u64,
+    body_timeout: std::time::Duration,
+    request_timeout: std::time::Duration,
+    /// Attempts that never reached an upstream go on elsewhere within this time.
+    retry_window: std::time::Duration,
 }
 
 impl Proxy {
@@ -177,6 +190,12 @@ impl Proxy {
             config_header: config
                 .response_headers
                 .then(|| HeaderValue::from_str(&config.config_hash()).expect("the hash is hex")),
+            budget: Budget::new(buffering::BUDGET),
+            request_buffer: config.request_buffer,
+            response_buffer: config.response_buffer,
+            body_timeout: config.body_timeout,
+            request_timeout: config.request_timeout,
+            retry_window: config.connect_timeout * 2,
         }
     }
 
@@ -259,12 +278,40 @@ impl Proxy {
                 format!("colorproxy: no route for {}\n", req.uri().path()),
             ),
             Some(route) => {
-                let choice = self.choose(route, &req);
-                let mut resp = self.forward(req, peer, route, &choice, &exchange).await;
-                if let Some(cookie) = choice.set_cookie {
-                    resp.headers_mut().append(header::SET_COOKIE, cookie);
+                let mut req = req;
+                let upgrade = upgrade_protocol(&req);
+                let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+                let (parts, body) = req.into_parts();
+                // Before any upstream is picked: a slow or broken body is the client's alone.
+                match buffering::read_request(
+                    body,
+                    self.request_buffer,
+                    self.body_timeout,
+                    &self.budget,
+                )
+                .await
+                {
+                    Err(fault) => self.client_fault(&fault, &parts),
+                    Ok(ahead) => {
+                        if ahead.overflowed {
+                            self.metrics.buffer_overflow("request");
+                        }
+                        let choice = self.choose(route, &parts.headers);
+                        let sent = Sent {
+                            parts: &parts,
+                            upgrade: upgrade.as_ref(),
+                            client_upgrade,
+                            peer,
+                        };
+                        let mut resp = self
+                            .forward(sent, ahead.body, route, &choice, &exchange)
+                            .await;
+                        if let Some(cookie) = choice.set_cookie {
+                            resp.headers_mut().append(header::SET_COOKIE, cookie);
+                        }
+                        resp
+                    }
                 }
-                resp
             }
         };
         if let Some(config) = &self.config_header {
@@ -285,8 +332,8 @@ impl Proxy {
 
     /// The color of a new request: forced by the override header, from the sticky bucket, or
     /// by weight; a color without a live endpoint gives its share to the route's other colors.
-    fn choose(&self, route: &Route, req: &Request<Incoming>) -> Choice {
-        if let Some(forced) = self.forced_color(route, req) {
+    fn choose(&self, route: &Route, headers: &HeaderMap) -> Choice {
+        if let Some(forced) = self.forced_color(route, headers) {
             return Choice {
                 color: forced,
                 forced: true,
@@ -300,14 +347,14 @@ impl Proxy {
             Sticky::Off => route.balancer.pick(&mut rng),
             Sticky::Cookie => {
                 let bucket =
-                    cookie_bucket(req.headers(), &self.sticky_cookie).unwrap_or_else(|| {
+                    cookie_bucket(headers, &self.sticky_cookie).unwrap_or_else(|| {
                         let bucket = rng.random_range(0..BUCKETS);
-                        set_cookie = Some(self.bucket_cookie(bucket, req.headers()));
+                        set_cookie = Some(self.bucket_cookie(bucket, headers));
                         bucket
                     });
                 route.balancer.for_bucket(bucket)
             }
-            Sticky::Header(name) => match req.headers().get(name.as_str()) {
+            Sticky::Header(name) => match headers.get(name.as_str()) {
                 Some(value) => route.balancer.for_bucket(hash_bucket(value.as_bytes())),
                 None => route.balancer.pick(&mut rng),
             },
@@ -331,9 +378,8 @@ impl Proxy {
 
     /// A configured color of this route named by the override header; unknown names are
     /// ignored (a normal pick follows), never an error.
-    fn forced_color(&self, route: &Route, req: &Request<Incoming>) -> Option<usize> {
-        let name = req
-            .headers()
+    fn forced_color(&self, route: &Route, headers: &HeaderMap) -> Option<usize> {
+        let name = headers
             .get(self.override_header.as_ref()?)?
             .to_str()
             .ok()?
@@ -378,77 +424,95 @@ impl Proxy {
     fn first_target(&self, route: &Route, choice: &Choice) -> Option<(usize, Arc<Endpoint>)> {
         let mut rng = rand::rng();
         let endpoints = &self.targets[choice.color].endpoints;
-        if let Some(e) = endpoints.pick(&mut rng, None, !choice.up) {
+        if let Some(e) = endpoints.pick(&mut rng, &[], !choice.up) {
             return Some((choice.color, e));
         }
         if !choice.forced
             && let Some(j) = self.failover(route, choice.color)
-            && let Some(e) = self.targets[j].endpoints.pick(&mut rng, None, false)
+            && let Some(e) = self.targets[j].endpoints.pick(&mut rng, &[], false)
         {
             return Some((j, e));
         }
         endpoints
-            .pick(&mut rng, None, true)
+            .pick(&mut rng, &[], true)
             .map(|e| (choice.color, e))
     }
 
     /// The endpoint for a retry: another live one of the same color, else (unless the color
-    /// was forced) one of another color of the route.
+    /// was forced) one of another color of the route; never one in `failed`.
     fn retry_target(
         &self,
         route: &Route,
         i: usize,
-        failed: &Authority,
+        failed: &[Authority],
         forced: bool,
     ) -> Option<(usize, Arc<Endpoint>)> {
         let mut rng = rand::rng();
-        if let Some(e) = self.targets[i]
-            .endpoints
-            .pick(&mut rng, Some(failed), false)
-        {
+        if let Some(e) = self.targets[i].endpoints.pick(&mut rng, failed, false) {
             return Some((i, e));
         }
         if forced {
             return None;
         }
-        let j = self.failover(route, i)?;
-        let e = self.targets[j].endpoints.pick(&mut rng, None, false)?;
-        Some((j, e))
+        // Every other up color, by weight, until one has an endpoint not yet tried.
+        let mut others: Vec<usize> = route.colors.iter().copied().filter(|&j| j != i).collect();
+        while !others.is_empty() {
+            let weights = others.iter().map(|&j| {
+                let t = &self.targets[j];
+                if t.color.weight > 0 && t.is_up() {
+                    t.color.weight
+                } else {
+                    0
+                }
+            });
+            let k = Balancer::new(weights).pick(&mut rng)?;
+            let j = others.swap_remove(k);
+            if let Some(e) = self.targets[j].endpoints.pick(&mut rng, failed, false) {
+                return Some((j, e));
+            }
+        }
+        None
     }
 
     async fn forward(
         &self,
-        mut req: Request<Incoming>,
-        peer: &Peer,
+        mut sent: Sent<'_>,
+        body: RequestAhead,
         route: &Route,
         choice: &Choice,
         exchange: &Arc<Exchange>,
     ) -> Response<Body> {
         let (color, forced) = (choice.color, choice.forced);
-        let upgrade = upgrade_protocol(&req);
-        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-        let (parts, body) = req.into_parts();
-
-        let body_empty = hyper::body::Body::is_end_stream(&body);
-        let mut body = Some(body);
+        let parts = sent.parts;
+        let body_empty = matches!(body, RequestAhead::Empty);
+        // A body read whole goes again as it is; a streamed one only if it comes back unsent.
+        let (complete, mut streamed) = match body {
+            RequestAhead::Empty => (None, None),
+            RequestAhead::Complete(b) => (Some(b), None),
+            RequestAhead::Partial(p) => (None, Some(p)),
+        };
 
         let Some(mut attempt) = self.first_target(route, choice) else {
             exchange.attempt(color, None);
             return self.no_endpoint(&self.targets[color]);
         };
-        let mut retried = false;
+        let started = std::time::Instant::now();
+        let mut attempts = 0;
+        // Endpoints that failed this request: never tried for it again.
+        let mut failed: Vec<Authority> = Vec::new();
+        let mut reset_retried = false;
         let mut pooled = true;
         loop {
+            attempts += 1;
             let (i, endpoint) = attempt;
             let target = &self.targets[i];
-            let req = match upstream_request(
-                &parts,
-                peer,
-                upgrade.as_ref(),
-                target,
-                body.take(),
-                exchange,
-            ) {
+            let upstream_body = match (&complete, streamed.take()) {
+                (Some(b), _) => RequestBody::buffered(b.clone(), exchange.clone()),
+                (None, Some(p)) => RequestBody::streamed(p, exchange.clone()),
+                (None, None) => RequestBody::empty(exchange.clone()),
+            };
+            let req = match upstream_request(parts, sent.peer, sent.upgrade, target, upstream_body)
+            {
                 Ok(req) => req,
                 Err(msg) => return text(StatusCode::BAD_REQUEST, format!("colorproxy: {msg}\n")),
             };
@@ -458,17 +522,17 @@ impl Proxy {
                     if endpoint.record_success() {
                         info!(color = target.name, endpoint = %endpoint.authority, "endpoint answers again");
                     }
-                    return self.upstream_response(resp, client_upgrade, target);
+                    return self
+                        .upstream_response(resp, sent.client_upgrade.take(), target, &endpoint)
+                        .await;
                 }
                 Err(e) => e,
             };
-            self.metrics
-                .upstream_errors
-                .get_or_create(&ErrorLabels {
-                    color: target.name,
-                    kind: e.kind.as_str(),
-                })
-                .inc();
+            // The client broke its own request: nothing to hold against the upstream.
+            if let Some(fault) = exchange.client_fault() {
+                return self.client_fault(&fault, parts);
+            }
+            self.count_upstream_error(target, &e);
             // A keep-alive connection the upstream closed as it was reused: the endpoint is
             // fine, and a request that may go again goes on a new connection to it, once.
             if e.stale_connection && pooled && body_empty && parts.method.is_idempotent() {
@@ -492,18 +556,25 @@ impl Proxy {
                     "endpoint ejected after failing"
                 );
             }
-            let unsent = exchange.take_unsent_body();
+            streamed = exchange.take_unsent_body();
+            let resendable = body_empty || complete.is_some() || streamed.is_some();
             // Nothing reached the upstream after a failed connect: any request may go
-            // elsewhere. After a reset it may have been processed: only a bodiless idempotent
-            // request may.
-            let retry = !retried
-                && match e.kind {
-                    ErrorKind::Connect | ErrorKind::Dns => body_empty || unsent.is_some(),
-                    ErrorKind::Reset => body_empty && parts.method.is_idempotent(),
-                    ErrorKind::Timeout => false,
-                };
+            // elsewhere, to every other endpoint in turn within the bounds. After a reset it
+            // may have been processed: only a bodiless idempotent request may, once.
+            let retry = match e.kind {
+                ErrorKind::Connect | ErrorKind::Dns => {
+                    resendable
+                        && attempts < MAX_ATTEMPTS
+                        && started.elapsed() < self.retry_window
+                }
+                ErrorKind::Reset => {
+                    !reset_retried && body_empty && parts.method.is_idempotent()
+                }
+                ErrorKind::Timeout => false,
+            };
+            failed.push(endpoint.authority.clone());
             let next = if retry {
-                self.retry_target(route, i, &endpoint.authority, forced)
+                self.retry_target(route, i, &failed, forced)
             } else {
                 None
             };
@@ -514,6 +585,7 @@ impl Proxy {
                     endpoint = %endpoint.authority,
                     kind = %e.kind.as_str(),
                     cause = %e.cause,
+                    attempts,
                     "upstream request failed"
                 );
                 return text(
@@ -532,10 +604,36 @@ impl Proxy {
                 retry_endpoint = %next.1.authority,
                 "retrying on another endpoint"
             );
-            body = if body_empty { None } else { unsent };
-            retried = true;
+            reset_retried |= e.kind == ErrorKind::Reset;
+            pooled = true;
             attempt = next;
         }
+    }
+
+    fn count_upstream_error(&self, target: &Target, e: &UpstreamError) {
+        self.metrics
+            .upstream_errors
+            .get_or_create(&ErrorLabels {
+                color: target.name,
+                kind: e.kind.as_str(),
+            })
+            .inc();
+    }
+
+    /// The answer to a client that broke its own request. `Connection: close`, since after a
+    /// broken or abandoned body the connection's framing cannot be trusted.
+    fn client_fault(&self, fault: &ClientFault, parts: &Parts) -> Response<Body> {
+        self.metrics.client_error(fault.kind());
+        debug!(
+            method = %parts.method,
+            path = %parts.uri.path(),
+            kind = fault.kind(),
+            "{fault}"
+        );
+        let mut resp = text(fault.status(), format!("colorproxy: {fault}\n"));
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp
     }
 
     fn no_endpoint(&self, target: &Target) -> Response<Body> {
@@ -560,11 +658,12 @@ impl Proxy {
         )
     }
 
-    fn upstream_response(
+    async fn upstream_response(
         &self,
         mut resp: Response<UpstreamBody>,
         client_upgrade: Option<OnUpgrade>,
         target: &Target,
+        endpoint: &Endpoint,
     ) -> Response<Body> {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
@@ -591,8 +690,69 @@ impl Proxy {
             return Response::from_parts(parts, Either::Right(Full::default()));
         }
         strip_hop_by_hop(resp.headers_mut());
-        resp.map(Either::Left)
+        let (parts, body) = resp.into_parts();
+        let read = buffering::read_response(
+            body,
+            self.response_buffer,
+            self.request_timeout,
+            &self.budget,
+        )
+        .await;
+        let body = match read {
+            Ok(ResponseRead::Stream { body, overflowed }) => {
+                if overflowed {
+                    self.metrics.buffer_overflow("response");
+                }
+                Either::Left(body)
+            }
+            Ok(ResponseRead::Ahead(ahead)) => Either::Right(ahead),
+            Err(failure) => {
+                let e = UpstreamError::new(
+                    match failure {
+                        ResponseFailure::Broken(_) => ErrorKind::Reset,
+                        ResponseFailure::Stalled(_) => ErrorKind::Timeout,
+                    },
+                    match failure {
+                        ResponseFailure::Broken(e) => {
+                            format!("the response body broke off: {}", crate::upstream::cause_chain(&e))
+                        }
+                        ResponseFailure::Stalled(d) => format!(
+                            "the response body stalled for {}",
+                            humantime::format_duration(d)
+                        ),
+                    },
+                );
+                self.count_upstream_error(target, &e);
+                if e.kind == ErrorKind::Reset {
+                    endpoint.record_failure();
+                }
+                warn!(
+                    color = target.name,
+                    endpoint = %endpoint.authority,
+                    kind = %e.kind.as_str(),
+                    cause = %e.cause,
+                    "upstream response failed"
+                );
+                return text(
+                    e.kind.status(),
+                    format!(
+                        "colorproxy: upstream {} ({}) failed: {e}\n",
+                        target.name, target.color.upstream.url
+                    ),
+                );
+            }
+        };
+        Response::from_parts(parts, Either::Left(body))
     }
+}
+
+/// The client's request as every attempt sends it.
+struct Sent<'a> {
+    parts: &'a Parts,
+    upgrade: Option<&'a HeaderValue>,
+    /// Taken by the attempt whose response is the upstream's 101.
+    client_upgrade: Option<OnUpgrade>,
+    peer: &'a Peer,
 }
 
 /// The colors that serve one path prefix, and the weighted choice among them.
@@ -675,11 +835,10 @@ fn upstream_request(
     peer: &Peer,
     upgrade: Option<&HeaderValue>,
     target: &Target,
-    body: Option<Incoming>,
-    exchange: &Arc<Exchange>,
+    body: RequestBody,
 ) -> Result<Request<RequestBody>, String> {
     let uri = upstream_uri(&target.color.upstream.base_path, &parts.uri)?;
-    let mut req = Request::new(RequestBody::new(body, exchange.clone()));
+    let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
     // Upstreams are spoken to in HTTP/1.1 whatever the client spoke.

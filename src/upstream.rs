@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use crate::blame::ClientFault;
 use crate::config::Discovery;
 use crate::discovery::{Resolver, discover};
 use crate::endpoints::Endpoint;
@@ -48,9 +49,10 @@ pub struct UpstreamError {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// The name did not resolve.
+    /// The name did not resolve (nothing was sent).
     Dns,
-    /// Nothing accepted the connection: refused, unreachable, or connect timeout.
+    /// Nothing accepted the connection: refused, unreachable, or connect timeout (nothing was
+    /// sent).
     Connect,
     /// No response headers within REQUEST_TIMEOUT.
     Timeout,
@@ -77,7 +79,7 @@ impl ErrorKind {
 }
 
 impl UpstreamError {
-    fn new(kind: ErrorKind, cause: String) -> UpstreamError {
+    pub fn new(kind: ErrorKind, cause: String) -> UpstreamError {
         UpstreamError {
             kind,
             cause,
@@ -133,6 +135,12 @@ impl UpstreamClient {
                     () = exchange.body_sent() => break,
                     () = tokio::time::sleep(self.request_timeout) => {
                         if exchange.bytes_in() == sent {
+                            if exchange.waiting_for_client() {
+                                exchange.client_failed(ClientFault::TooSlow {
+                                    waited: self.request_timeout,
+                                    received: sent,
+                                });
+                            }
                             return Err(UpstreamError::new(
                                 ErrorKind::Timeout,
                                 format!(
@@ -311,7 +319,7 @@ impl Drop for UpstreamBody {
 }
 
 /// `error: cause: cause`, without the repeats hyper's layers add.
-fn cause_chain(err: &(dyn StdError + 'static)) -> String {
+pub fn cause_chain(err: &(dyn StdError + 'static)) -> String {
     let mut chain: Vec<String> = vec![err.to_string()];
     let mut source = err.source();
     while let Some(e) = source {

@@ -1,0 +1,419 @@
+//! Reading bodies ahead of the slower side, so that a slow client never holds an upstream.
+//!
+//! - A request body up to REQUEST_BUFFER is read whole before an upstream is picked (nginx's
+//!   `proxy_request_buffering`): a one-worker app never waits on an uploader's bytes, and a
+//!   complete body can go again after any connect failure, POST included.
+//! - A response body up to RESPONSE_BUFFER is read from the upstream ahead of the client
+//!   (nginx's `proxy_buffering`), so the upstream connection is free as soon as its response is.
+//!
+//! Every buffered byte is reserved from one process-wide [`Budget`]: past it, bodies stream as
+//! they come (and are counted), so a flood of uploads cannot exhaust memory.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::header::HeaderMap;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::blame::ClientFault;
+
+/// The process-wide cap on buffered body bytes: 128 full 1 MiB bodies at once.
+pub const BUDGET: u64 = 128 << 20;
+
+/// Buffered bytes in use, against a cap.
+pub struct Budget {
+    cap: u64,
+    used: AtomicU64,
+}
+
+impl Budget {
+    pub fn new(cap: u64) -> Arc<Budget> {
+        Arc::new(Budget {
+            cap,
+            used: AtomicU64::new(0),
+        })
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn take(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(n).filter(|&u| u <= self.cap)
+            })
+            .is_ok()
+    }
+}
+
+/// Bytes held from the budget until dropped.
+pub struct Reservation {
+    budget: Arc<Budget>,
+    bytes: u64,
+}
+
+impl Reservation {
+    pub fn new(budget: &Arc<Budget>) -> Reservation {
+        Reservation {
+            budget: budget.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Holds `n` more bytes; false (and nothing held) when the budget has no room.
+    pub fn grow(&mut self, n: u64) -> bool {
+        let ok = self.budget.take(n);
+        if ok {
+            self.bytes += n;
+        }
+        ok
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// A request body read whole: sent again as it is for every attempt.
+pub struct Buffered {
+    pub chunks: Vec<Bytes>,
+    pub trailers: Option<HeaderMap>,
+    pub len: u64,
+    _held: Reservation,
+}
+
+/// The part of a request body read ahead, and the rest still to come from the client.
+pub struct Partial {
+    pub prefix: VecDeque<Bytes>,
+    pub rest: Incoming,
+    _held: Reservation,
+}
+
+/// A request body as it stands once read ahead.
+pub enum RequestAhead {
+    Empty,
+    Complete(Arc<Buffered>),
+    Partial(Box<Partial>),
+}
+
+/// What reading ahead found.
+pub struct Ahead<T> {
+    pub body: T,
+    /// The budget had no room: the body streams beyond what it could hold.
+    pub overflowed: bool,
+}
+
+/// Reads up to `limit` bytes of a request body within `timeout`. A body that ends within the
+/// limit is complete; a longer one (or one the budget has no room for) streams after its
+/// first bytes. `limit` 0 streams at once.
+pub async fn read_request(
+    mut body: Incoming,
+    limit: u64,
+    timeout: Duration,
+    budget: &Arc<Budget>,
+) -> Result<Ahead<RequestAhead>, ClientFault> {
+    if body.is_end_stream() {
+        return Ok(Ahead {
+            body: RequestAhead::Empty,
+            overflowed: false,
+        });
+    }
+    let mut held = Reservation::new(budget);
+    let mut chunks = Vec::new();
+    let mut len = 0u64;
+    let mut trailers = None;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut overflowed = false;
+    while len < limit {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                return Err(ClientFault::TooSlow {
+                    waited: timeout,
+                    received: len,
+                });
+            }
+            Ok(None) => {
+                let body = Buffered {
+                    chunks,
+                    trailers,
+                    len,
+                    _held: held,
+                };
+                return Ok(Ahead {
+                    body: RequestAhead::Complete(Arc::new(body)),
+                    overflowed: false,
+                });
+            }
+            Ok(Some(Err(e))) => return Err(ClientFault::from_body_error(&e)),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                let n = data.len() as u64;
+                len += n;
+                chunks.push(data);
+                if !held.grow(n) {
+                    overflowed = true;
+                    break;
+                }
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers = Some(t);
+                }
+            }
+        }
+    }
+    // Trailers come last, so a body still going has none yet.
+    Ok(Ahead {
+        body: RequestAhead::Partial(Box::new(Partial {
+            prefix: chunks.into(),
+            rest: body,
+            _held: held,
+        })),
+        overflowed,
+    })
+}
+
+/// Why a response body read ahead failed before the client got anything.
+pub enum ResponseFailure<E> {
+    /// The upstream's body broke (reset, or framing).
+    Broken(E),
+    /// No byte of the body came for this long.
+    Stalled(Duration),
+}
+
+/// A response body read ahead of the client: frames at hand, and for a body that was not
+/// complete yet, a pump task that keeps reading up to the window ahead.
+pub struct ResponseAhead<E> {
+    frames: VecDeque<Frame<Bytes>>,
+    pump: Option<Pump<E>>,
+    /// Exact size, when the upstream said it.
+    remaining: Option<u64>,
+    _held: Reservation,
+}
+
+struct Pump<E> {
+    rx: mpsc::UnboundedReceiver<Result<Frame<Bytes>, E>>,
+    /// Bytes the pump may read before the client has taken them.
+    window: Arc<Semaphore>,
+    window_size: u32,
+}
+
+/// How a response body goes to the client.
+pub enum ResponseRead<B: Body> {
+    /// As the upstream sends it (nothing to read ahead, buffering off, or no budget left).
+    Stream { body: B, overflowed: bool },
+    Ahead(ResponseAhead<B::Error>),
+}
+
+/// Reads a response body ahead of the client. A body of known size within `limit` is read
+/// whole here, before the client sees the head, so the upstream connection is free at once
+/// and a body that breaks becomes a clean error instead of a truncated response. Any other
+/// body is read by a pump task, up to `limit` bytes ahead of the client, so that it still
+/// streams (server-sent events, long downloads). `stall` bounds the wait for each frame of a
+/// body read whole.
+pub async fn read_response<B>(
+    mut body: B,
+    limit: u64,
+    stall: Duration,
+    budget: &Arc<Budget>,
+) -> Result<ResponseRead<B>, ResponseFailure<B::Error>>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Send + 'static,
+{
+    if limit == 0 || body.is_end_stream() {
+        return Ok(ResponseRead::Stream {
+            body,
+            overflowed: false,
+        });
+    }
+    let exact = body.size_hint().exact();
+    let mut held = Reservation::new(budget);
+    match exact {
+        Some(n) if n <= limit => {
+            if !held.grow(n) {
+                return Ok(ResponseRead::Stream {
+                    body,
+                    overflowed: true,
+                });
+            }
+            let mut frames = VecDeque::new();
+            loop {
+                match tokio::time::timeout(stall, body.frame()).await {
+                    Err(_) => return Err(ResponseFailure::Stalled(stall)),
+                    Ok(None) => break,
+                    Ok(Some(Err(e))) => return Err(ResponseFailure::Broken(e)),
+                    Ok(Some(Ok(frame))) => frames.push_back(frame),
+                }
+            }
+            Ok(ResponseRead::Ahead(ResponseAhead {
+                frames,
+                pump: None,
+                remaining: Some(0),
+                _held: held,
+            }))
+        }
+        _ => {
+            if !held.grow(limit) {
+                return Ok(ResponseRead::Stream {
+                    body,
+                    overflowed: true,
+                });
+            }
+            let window_size = u32::try_from(limit).unwrap_or(u32::MAX);
+            let window = Arc::new(Semaphore::new(window_size as usize));
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(pump(body, tx, window.clone(), window_size));
+            Ok(ResponseRead::Ahead(ResponseAhead {
+                frames: VecDeque::new(),
+                pump: Some(Pump {
+                    rx,
+                    window,
+                    window_size,
+                }),
+                remaining: exact,
+                _held: held,
+            }))
+        }
+    }
+}
+
+/// Reads the upstream body while the window has room; ends when the body does, or when the
+/// client's side is gone (the receiver dropped).
+async fn pump<B>(
+    mut body: B,
+    tx: mpsc::UnboundedSender<Result<Frame<Bytes>, B::Error>>,
+    window: Arc<Semaphore>,
+    window_size: u32,
+) where
+    B: Body<Data = Bytes> + Unpin,
+{
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            () = tx.closed() => return,
+        };
+        let Some(frame) = frame else { return };
+        let n = frame
+            .as_ref()
+            .ok()
+            .and_then(Frame::data_ref)
+            .map_or(0, |d| d.len());
+        let permits = u32::try_from(n).unwrap_or(u32::MAX).min(window_size);
+        if permits > 0 {
+            let acquired = tokio::select! {
+                permit = window.acquire_many(permits) => permit,
+                () = tx.closed() => return,
+            };
+            match acquired {
+                Ok(permit) => permit.forget(),
+                Err(_) => return,
+            }
+        }
+        let end = frame.is_err();
+        if tx.send(frame).is_err() || end {
+            return;
+        }
+    }
+}
+
+impl<E> Body for ResponseAhead<E> {
+    type Data = Bytes;
+    type Error = E;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, E>>> {
+        let this = self.get_mut();
+        if let Some(frame) = this.frames.pop_front() {
+            return Poll::Ready(Some(Ok(this.sent(frame))));
+        }
+        let Some(pump) = this.pump.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match pump.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
+                    pump.window.add_permits(n.min(pump.window_size) as usize);
+                }
+                Poll::Ready(Some(Ok(this.sent(frame))))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.pump = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.pump = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty() && self.pump.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(n) if self.pump.is_some() => SizeHint::with_exact(n),
+            _ => {
+                let n: u64 = self
+                    .frames
+                    .iter()
+                    .filter_map(Frame::data_ref)
+                    .map(|d| d.len() as u64)
+                    .sum();
+                if self.pump.is_some() {
+                    let mut hint = SizeHint::new();
+                    hint.set_lower(n);
+                    hint
+                } else {
+                    SizeHint::with_exact(n)
+                }
+            }
+        }
+    }
+}
+
+impl<E> ResponseAhead<E> {
+    fn sent(&mut self, frame: Frame<Bytes>) -> Frame<Bytes> {
+        if let (Some(n), Some(data)) = (self.remaining.as_mut(), frame.data_ref()) {
+            *n = n.saturating_sub(data.len() as u64);
+        }
+        frame
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_refuses_past_its_cap_and_frees_on_drop() {
+        let budget = Budget::new(100);
+        let mut a = Reservation::new(&budget);
+        assert!(a.grow(60));
+        let mut b = Reservation::new(&budget);
+        assert!(!b.grow(41));
+        assert!(b.grow(40));
+        assert_eq!(budget.used(), 100);
+        drop(a);
+        assert_eq!(budget.used(), 40);
+        drop(b);
+        assert_eq!(budget.used(), 0);
+    }
+}
