@@ -212,7 +212,10 @@ struct Pump<E> {
 /// How a response body goes to the client.
 pub enum ResponseRead<B: Body> {
     /// As the upstream sends it (nothing to read ahead, buffering off, or no budget left).
-    Stream { body: B, overflowed: bool },
+    Stream {
+        body: B,
+        overflowed: bool,
+    },
     Ahead(ResponseAhead<B::Error>),
 }
 

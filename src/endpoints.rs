@@ -197,9 +197,8 @@ impl EndpointSet {
     ) -> Option<Arc<Endpoint>> {
         let now = now_ms();
         let list = self.endpoints.read().expect("endpoint lock");
-        let eligible = |e: &Endpoint| {
-            (ignore_health || e.is_live(now)) && !exclude.contains(&e.authority)
-        };
+        let eligible =
+            |e: &Endpoint| (ignore_health || e.is_live(now)) && !exclude.contains(&e.authority);
         let n = list.len();
         if n == 0 {
             return None;
@@ -309,7 +308,9 @@ mod tests {
         assert_eq!(list[0].record_failure(), Some(EJECTION_BASE));
         let mut rng = StdRng::seed_from_u64(3);
         for _ in 0..200 {
-            let e = s.pick(&mut rng, std::slice::from_ref(&list[1].authority), false).unwrap();
+            let e = s
+                .pick(&mut rng, std::slice::from_ref(&list[1].authority), false)
+                .unwrap();
             assert_eq!(e.authority, list[2].authority);
         }
         assert_eq!(s.counts(), (2, 1));

@@ -188,10 +188,7 @@ pub struct RequestBody {
 }
 
 enum Source {
-    Buffered {
-        body: Arc<Buffered>,
-        next: usize,
-    },
+    Buffered { body: Arc<Buffered>, next: usize },
     Streamed(Box<Partial>),
 }
 
@@ -306,13 +303,9 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self.inner.as_deref() {
             None => SizeHint::with_exact(0),
-            Some(Source::Buffered { body, next }) => SizeHint::with_exact(
-                body.chunks
-                    .iter()
-                    .skip(*next)
-                    .map(|c| c.len() as u64)
-                    .sum(),
-            ),
+            Some(Source::Buffered { body, next }) => {
+                SizeHint::with_exact(body.chunks.iter().skip(*next).map(|c| c.len() as u64).sum())
+            }
             Some(Source::Streamed(p)) => {
                 let ahead: u64 = p.prefix.iter().map(|c| c.len() as u64).sum();
                 let rest = p.rest.size_hint();

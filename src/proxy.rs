@@ -346,12 +346,11 @@ impl Proxy {
         let position = match &self.sticky {
             Sticky::Off => route.balancer.pick(&mut rng),
             Sticky::Cookie => {
-                let bucket =
-                    cookie_bucket(headers, &self.sticky_cookie).unwrap_or_else(|| {
-                        let bucket = rng.random_range(0..BUCKETS);
-                        set_cookie = Some(self.bucket_cookie(bucket, headers));
-                        bucket
-                    });
+                let bucket = cookie_bucket(headers, &self.sticky_cookie).unwrap_or_else(|| {
+                    let bucket = rng.random_range(0..BUCKETS);
+                    set_cookie = Some(self.bucket_cookie(bucket, headers));
+                    bucket
+                });
                 route.balancer.for_bucket(bucket)
             }
             Sticky::Header(name) => match headers.get(name.as_str()) {
@@ -563,13 +562,9 @@ impl Proxy {
             // may have been processed: only a bodiless idempotent request may, once.
             let retry = match e.kind {
                 ErrorKind::Connect | ErrorKind::Dns => {
-                    resendable
-                        && attempts < MAX_ATTEMPTS
-                        && started.elapsed() < self.retry_window
+                    resendable && attempts < MAX_ATTEMPTS && started.elapsed() < self.retry_window
                 }
-                ErrorKind::Reset => {
-                    !reset_retried && body_empty && parts.method.is_idempotent()
-                }
+                ErrorKind::Reset => !reset_retried && body_empty && parts.method.is_idempotent(),
                 ErrorKind::Timeout => false,
             };
             failed.push(endpoint.authority.clone());
@@ -714,7 +709,10 @@ impl Proxy {
                     },
                     match failure {
                         ResponseFailure::Broken(e) => {
-                            format!("the response body broke off: {}", crate::upstream::cause_chain(&e))
+                            format!(
+                                "the response body broke off: {}",
+                                crate::upstream::cause_chain(&e)
+                            )
                         }
                         ResponseFailure::Stalled(d) => format!(
                             "the response body stalled for {}",

@@ -26,6 +26,9 @@ use crate::endpoints::Endpoint;
 use crate::exchange::{Exchange, RequestBody};
 use crate::pool::Sender;
 
+/// The largest response head taken from an upstream.
+const MAX_HEAD: usize = 64 * 1024;
+
 /// Connects to endpoints and exchanges requests over their pooled keep-alive connections.
 pub struct UpstreamClient {
     http1: http1::Builder,
@@ -101,7 +104,12 @@ impl UpstreamClient {
         resolver: Resolver,
     ) -> UpstreamClient {
         UpstreamClient {
-            http1: http1::Builder::new(),
+            http1: {
+                let mut b = http1::Builder::new();
+                // A response head is limited like a request head: more is not an answer.
+                b.max_header_size(MAX_HEAD);
+                b
+            },
             connect_timeout,
             request_timeout,
             resolver,

@@ -317,6 +317,29 @@ async fn killing_a_task_mid_load_fails_no_client_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_a_node_with_two_of_three_tasks_fails_no_client_request() {
+    let total = Arc::new(Counter::default());
+    total.threshold.store(300, Ordering::SeqCst);
+    let (tasks, port) = start_tasks(&[21, 22, 23], &total).await;
+    let dns = DnsServer::start().await;
+    dns.set("tasks.api", &ips(&tasks));
+    let upstream = format!("http://api:{port}");
+    let dns_addr = dns.addr.to_string();
+    let proxy = ProxyProcess::start(&proxy_env(&dns_addr, &[("BLUE", &upstream)]));
+
+    let running = load(&proxy, 8, 200);
+    tokio::time::timeout(TIMEOUT, total.reached.notified())
+        .await
+        .expect("load started");
+    // Both at once, and DNS still lists them: a retry may well meet the other dead task.
+    tasks[0].kill();
+    tasks[1].kill();
+    let bodies = all_ok(running).await;
+    assert_eq!(bodies.len(), 1600);
+    assert!(tasks[2].hits() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_whole_color_fails_over_to_the_other() {
     let total = Arc::new(Counter::default());
     total.threshold.store(200, Ordering::SeqCst);
