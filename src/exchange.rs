@@ -37,6 +37,8 @@ pub struct Exchange {
     /// The request body, back from an attempt whose connection failed before sending it.
     unsent_body: Mutex<Option<Incoming>>,
     status: AtomicU16,
+    /// Microseconds from the start to the response headers; 0 until they are ready.
+    headers_us: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     /// Signalled when the request body has been sent upstream, or abandoned.
@@ -60,6 +62,7 @@ impl Exchange {
             endpoint: Mutex::new(None),
             unsent_body: Mutex::new(None),
             status: AtomicU16::new(0),
+            headers_us: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             body_sent: Notify::new(),
@@ -107,6 +110,8 @@ impl Exchange {
         resp: hyper::Response<Either<UpstreamBody, Full<Bytes>>>,
     ) -> hyper::Response<ResponseBody> {
         self.status.store(resp.status().as_u16(), Ordering::Relaxed);
+        let headers = self.start.elapsed().as_micros().max(1) as u64;
+        self.headers_us.store(headers, Ordering::Relaxed);
         resp.map(|inner| ResponseBody {
             inner,
             exchange: self,
@@ -128,6 +133,11 @@ impl Drop for Exchange {
             status,
             elapsed.as_secs_f64(),
         );
+        let headers = match self.headers_us.load(Ordering::Relaxed) {
+            0 => elapsed,
+            us => std::time::Duration::from_micros(us),
+        };
+        m.outcome(self.color.load(Ordering::Relaxed), status, headers);
         if let Some((method, uri)) = &self.logged {
             let color = self.color_name();
             let endpoint = self.endpoint.lock().expect("endpoint lock");

@@ -8,13 +8,17 @@
 pub mod admin;
 pub mod balancer;
 pub mod config;
+pub mod delivery;
 pub mod discovery;
 pub mod endpoints;
 pub mod exchange;
+pub mod guard;
 pub mod logging;
 pub mod metrics;
+pub mod peers;
 pub mod pool;
 pub mod proxy;
+pub mod ramp;
 pub mod server;
 pub mod signal;
 pub mod upstream;
@@ -56,6 +60,24 @@ pub fn log_config(config: &Config) {
             "route"
         );
     }
+    let now = std::time::SystemTime::now();
+    for color in &config.colors {
+        let Some(ramp) = &color.ramp else { continue };
+        let step = ramp.step_at(now);
+        info!(
+            route = %color.prefix,
+            color = %color.name,
+            ramp = %ramp.describe(),
+            step = %format!("{step}/{}", ramp.steps.len()),
+            share = %format!("{}%", ramp.step_share(step)),
+            next_step_at = %ramp.next_start(step).map_or("none (last step)".into(), ramp::format_time),
+            guard = %config.guard.describe(),
+            "ramp: {} starts at {}% of {}",
+            color.name,
+            ramp.step_share(step),
+            color.prefix
+        );
+    }
     for warning in &config.warnings {
         warn!("{warning}");
     }
@@ -81,6 +103,14 @@ pub async fn run(config: Config) -> Result<(), String> {
     let proxy = Arc::new(proxy::Proxy::new(&config, metrics, resolver.clone()));
     discover(&proxy, &resolver, config.dns_refresh).await;
     tokio::spawn(expire_idle_connections(proxy.clone()));
+    let delivery = proxy.delivery().clone();
+    if !delivery.is_empty() {
+        tokio::spawn(delivery::run(delivery.clone()));
+        if let (Some((host, port)), Some(admin)) = (&config.guard.peers, config.admin_listen) {
+            let port = port.unwrap_or(admin.port());
+            tokio::spawn(peers::run(delivery, resolver.clone(), host.clone(), port));
+        }
+    }
 
     let admin_state = Arc::new(admin::AdminState::new(proxy.clone(), &config.view()));
     let addr = local_addr(&listener)?;
@@ -104,7 +134,9 @@ pub async fn run(config: Config) -> Result<(), String> {
 fn resolver(config: &Config) -> Result<discovery::Resolver, String> {
     match discovery::Resolver::new(config.resolver) {
         Ok(r) => Ok(r),
-        Err(e) if config.colors.iter().all(|c| c.upstream.is_ip()) => {
+        Err(e)
+            if config.guard.peers.is_none() && config.colors.iter().all(|c| c.upstream.is_ip()) =>
+        {
             warn!("{e}; no upstream needs DNS");
             Ok(discovery::Resolver::none())
         }

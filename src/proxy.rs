@@ -17,8 +17,9 @@ use rand::RngExt;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::balancer::Balancer;
+use crate::balancer::{Balancer, Shared};
 use crate::config::{BUCKETS, Color, Config, Discovery, Sticky};
+use crate::delivery::Delivery;
 use crate::discovery::{Resolver, Watch};
 use crate::endpoints::{Endpoint, EndpointSet};
 use crate::exchange::{Exchange, RequestBody, ResponseBody};
@@ -121,6 +122,8 @@ pub struct Proxy {
     override_header: Option<HeaderName>,
     client: UpstreamClient,
     metrics: Arc<Metrics>,
+    /// The shares of ramped colors, and their guards.
+    delivery: Arc<Delivery>,
     access_log: bool,
     /// The config hash for `Colorproxy-Config`, when RESPONSE_HEADERS=on.
     config_header: Option<HeaderValue>,
@@ -151,12 +154,24 @@ impl Proxy {
                 }
             })
             .collect();
+        let delivery = Arc::new(Delivery::new(
+            config,
+            metrics.color_names(),
+            std::time::SystemTime::now(),
+        ));
+        if !delivery.is_empty() {
+            metrics.observe(delivery.clone());
+        }
         let mut routes: Vec<Route> = config
             .routes()
             .into_iter()
             .map(|(prefix, colors)| Route {
                 prefix: prefix.to_string(),
-                balancer: Balancer::new(colors.iter().map(|&i| config.colors[i].weight)),
+                balancer: delivery.balancer(prefix).unwrap_or_else(|| {
+                    Arc::new(Shared::new(Balancer::new(
+                        colors.iter().map(|&i| config.colors[i].weight),
+                    )))
+                }),
                 colors,
             })
             .collect();
@@ -173,6 +188,7 @@ impl Proxy {
                 .map(|h| HeaderName::from_bytes(h.as_bytes()).expect("header names are validated")),
             client: UpstreamClient::new(config.connect_timeout, config.request_timeout, resolver),
             metrics,
+            delivery,
             access_log: config.access_log,
             config_header: config
                 .response_headers
@@ -197,6 +213,10 @@ impl Proxy {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    pub fn delivery(&self) -> &Arc<Delivery> {
+        &self.delivery
     }
 
     /// Brings the per-color endpoint gauges up to date.
@@ -296,8 +316,10 @@ impl Proxy {
         }
         let mut rng = rand::rng();
         let mut set_cookie = None;
+        // Read once and let go before failover reads it again.
+        let balancer = route.balancer.read();
         let position = match &self.sticky {
-            Sticky::Off => route.balancer.pick(&mut rng),
+            Sticky::Off => balancer.pick(&mut rng),
             Sticky::Cookie => {
                 let bucket =
                     cookie_bucket(req.headers(), &self.sticky_cookie).unwrap_or_else(|| {
@@ -305,13 +327,14 @@ impl Proxy {
                         set_cookie = Some(self.bucket_cookie(bucket, req.headers()));
                         bucket
                     });
-                route.balancer.for_bucket(bucket)
+                balancer.for_bucket(bucket)
             }
             Sticky::Header(name) => match req.headers().get(name.as_str()) {
-                Some(value) => route.balancer.for_bucket(hash_bucket(value.as_bytes())),
-                None => route.balancer.pick(&mut rng),
+                Some(value) => balancer.for_bucket(hash_bucket(value.as_bytes())),
+                None => balancer.pick(&mut rng),
             },
         };
+        drop(balancer);
         // Config guarantees every route a weight above zero.
         let picked = route.colors[position.unwrap_or(0)];
         let (color, up) = if self.targets[picked].is_up() {
@@ -357,16 +380,24 @@ impl Proxy {
         HeaderValue::from_str(&cookie).expect("cookie names are validated")
     }
 
-    /// Another color of the route that is up, by weight; `None` when no other color is.
+    /// Another color of the route that is up, by the weights in force (a ramped color's
+    /// share); `None` when no other color is.
     fn failover(&self, route: &Route, from: usize) -> Option<usize> {
-        let weights = route.colors.iter().map(|&j| {
-            let t = &self.targets[j];
-            if j != from && t.color.weight > 0 && t.is_up() {
-                t.color.weight
-            } else {
-                0
-            }
-        });
+        let balancer = route.balancer.read();
+        let weights: Vec<u32> = route
+            .colors
+            .iter()
+            .enumerate()
+            .map(|(k, &j)| {
+                let w = balancer.weight(k);
+                if j != from && w > 0 && self.targets[j].is_up() {
+                    w
+                } else {
+                    0
+                }
+            })
+            .collect();
+        drop(balancer);
         Balancer::new(weights)
             .pick(&mut rand::rng())
             .map(|k| route.colors[k])
@@ -600,7 +631,8 @@ struct Route {
     prefix: String,
     /// Positions in `Proxy::targets`, in COLORS order.
     colors: Vec<usize>,
-    balancer: Balancer,
+    /// Replaced as a ramp moves (see [`crate::delivery`]); fixed otherwise.
+    balancer: Arc<Shared>,
 }
 
 struct Choice {
