@@ -309,7 +309,7 @@ impl Delivery {
         }
         route.apply(st.step);
         st.held = false;
-        let ms = |f: &Figures| f.p90.map_or(-1.0, |d| d.as_secs_f64() * 1e3);
+        let ms = |f: &Figures| f.p90.map_or(-1.0, round_ms);
         error!(
             color = route.canary(),
             route = %route.prefix,
@@ -418,7 +418,7 @@ impl Delivery {
                 "requests": f.requests,
                 "errors": f.errors,
                 "error_rate": f.error_rate(),
-                "p90_ms": f.p90.map(|d| d.as_secs_f64() * 1e3),
+                "p90_ms": f.p90.map(round_ms),
             })
         };
         let mut window = serde_json::Map::new();
@@ -462,6 +462,11 @@ impl Delivery {
                 .set(i64::from(route.tripped.load(Ordering::SeqCst)));
         }
     }
+}
+
+/// Milliseconds to the microsecond, for logs and JSON.
+fn round_ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 impl Outcomes for Delivery {

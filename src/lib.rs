@@ -56,6 +56,7 @@ pub fn log_config(config: &Config) {
             upstream = %color.upstream.url,
             discovery = color.discovery.as_str(),
             weight = color.weight,
+            ramped = color.ramp.is_some(),
             share = %format!("{:.1}%", config.share(color)),
             "route"
         );
