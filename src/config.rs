@@ -508,6 +508,13 @@ impl Config {
 
         let configured: HashSet<&str> = colors.iter().map(|c| c.name.as_str()).collect();
         let mut warnings = ramp_warnings;
+        if colors.iter().all(|c| c.ramp.is_none()) {
+            for var in guard::VARIABLES.iter().filter(|v| env.contains_key(**v)) {
+                warnings.push(format!(
+                    "{var} is set but no color is ramped (<COLOR>_RAMP); it is ignored"
+                ));
+            }
+        }
         for k in env.keys() {
             let Some(color) = color_suffixes().find_map(|s| k.strip_suffix(s)) else {
                 continue;
@@ -1391,6 +1398,11 @@ mod tests {
         // Ramp variables of a color that is not one warn like weights.
         let c = parse(&[("BLUE", "http://a"), ("GREN_RAMP", "1")]).unwrap();
         assert!(c.warnings[0].starts_with("GREN_RAMP is set but gren is not a color"));
+        let c = parse(&[("BLUE", "http://a"), ("GUARD_WINDOW", "2m")]).unwrap();
+        assert_eq!(
+            c.warnings,
+            ["GUARD_WINDOW is set but no color is ramped (<COLOR>_RAMP); it is ignored"]
+        );
         // Guard and peers.
         let p = problems(&[
             ("GUARD_WINDOW", "0s"),

@@ -13,6 +13,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5 * 60);
 /// Shorter steps could not be observed by a guard, nor followed by a person.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Longer steps are a typo; the bound also keeps every step's start a representable time.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(30 * 86_400);
+/// START must come before this (2200-01-01T00:00:00Z), for the same reason.
+const LATEST_START_SECS: u64 = 7_258_118_400;
 /// Per-color variables of a ramp, after the color's name.
 pub const SUFFIXES: &[&str] = &["_RAMP", "_RAMP_INTERVAL", "_RAMP_START"];
 
@@ -103,7 +107,12 @@ impl Ramp {
 
 /// RFC 3339 in UTC, to the second (or finer when the time has a fraction).
 pub fn format_time(t: SystemTime) -> String {
-    humantime::format_rfc3339(t).to_string()
+    let mut out = String::new();
+    // humantime cannot write years past 9999; validated ramps never get there.
+    if write!(out, "{}", humantime::format_rfc3339(t)).is_err() {
+        out = "after 9999".into();
+    }
+    out
 }
 
 /// Reads the ramp of the color whose variable is `var` (e.g. `GREEN`). `problem(var, value,
@@ -130,12 +139,12 @@ pub fn parse(
     let interval = match env.get(&interval_var) {
         None => Some(DEFAULT_INTERVAL),
         Some(v) => match humantime::parse_duration(v.trim()) {
-            Ok(d) if d >= MIN_INTERVAL => Some(d),
+            Ok(d) if (MIN_INTERVAL..=MAX_INTERVAL).contains(&d) => Some(d),
             Ok(_) => {
                 problem(
                     &interval_var,
                     v,
-                    "expected a step duration of at least 1s, e.g. 5m",
+                    "expected a step duration of at least 1s and at most 30 days, e.g. 5m",
                 );
                 None
             }
@@ -238,8 +247,8 @@ pub fn parse_rfc3339(raw: &str) -> Result<SystemTime, String> {
         utc.checked_add(Duration::from_secs(offset_secs.unsigned_abs()))
     };
     shifted
-        .filter(|t| *t >= UNIX_EPOCH)
-        .ok_or_else(|| bad("out of range"))
+        .filter(|t| *t >= UNIX_EPOCH && *t < UNIX_EPOCH + Duration::from_secs(LATEST_START_SECS))
+        .ok_or_else(|| bad("out of range: from 1970 to 2199"))
 }
 
 #[cfg(test)]
@@ -361,6 +370,7 @@ mod tests {
             "now",
             "1969-12-31T23:59:59Z",
             "2026-12-01T20:00:00ééZ",
+            "2200-01-01T00:00:00Z",
         ] {
             assert!(parse_rfc3339(bad).is_err(), "{bad:?} parsed");
         }
@@ -434,6 +444,23 @@ mod tests {
                 ],
                 "GREEN_RAMP_INTERVAL",
                 "at least 1s",
+            ),
+            (
+                vec![
+                    ("GREEN_RAMP", "1,5"),
+                    start,
+                    ("GREEN_RAMP_INTERVAL", "31days"),
+                ],
+                "GREEN_RAMP_INTERVAL",
+                "at most 30 days",
+            ),
+            (
+                vec![
+                    ("GREEN_RAMP", "1,5"),
+                    ("GREEN_RAMP_START", "9999-12-31T23:59:59Z"),
+                ],
+                "GREEN_RAMP_START",
+                "out of range",
             ),
             (
                 vec![("GREEN_RAMP", "1,5"), start, ("GREEN_RAMP_INTERVAL", "5")],
