@@ -30,6 +30,8 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 
+/// How long startup waits for the peers' first answers (PEERS).
+const FIRST_PEER_POLL_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long startup waits for the first DNS answers.
 const INITIAL_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -107,10 +109,6 @@ pub async fn run(config: Config) -> Result<(), String> {
     let delivery = proxy.delivery().clone();
     if !delivery.is_empty() {
         tokio::spawn(delivery::run(delivery.clone()));
-        if let (Some((host, port)), Some(admin)) = (&config.guard.peers, config.admin_listen) {
-            let port = port.unwrap_or(admin.port());
-            tokio::spawn(peers::run(delivery, resolver.clone(), host.clone(), port));
-        }
     }
 
     let admin_state = Arc::new(admin::AdminState::new(proxy.clone(), &config.view()));
@@ -120,6 +118,22 @@ pub async fn run(config: Config) -> Result<(), String> {
     if let Some(admin_listener) = admin_listener {
         info!("admin endpoints on {}", local_addr(&admin_listener)?);
         tokio::spawn(admin::serve(admin_listener, admin_state.clone()));
+    }
+    if let (false, Some((host, port)), Some(admin)) = (
+        delivery.is_empty(),
+        &config.guard.peers,
+        config.admin_listen,
+    ) {
+        // The admin port here is the one bound; peers listen on the configured one.
+        let port = port.unwrap_or(admin.port());
+        let first = peers::poll(&delivery, &resolver, host, port, false);
+        if tokio::time::timeout(FIRST_PEER_POLL_TIMEOUT, first)
+            .await
+            .is_err()
+        {
+            warn!("PEERS are slow to answer: serving before knowing of their trips");
+        }
+        tokio::spawn(peers::run(delivery, resolver.clone(), host.clone(), port));
     }
     let shutdown = async move {
         let name = signals.recv().await;

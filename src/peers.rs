@@ -32,33 +32,44 @@ const MAX_ANSWER: usize = 64 * 1024;
 pub async fn run(delivery: Arc<Delivery>, resolver: Resolver, host: String, port: u16) {
     let mut ticks = tokio::time::interval(POLL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
     let mut failing = false;
     loop {
         ticks.tick().await;
-        let ips = match discover(&resolver, &host, Discovery::Auto).await {
-            Ok((ips, _)) => {
-                failing = false;
-                ips
+        failing = !poll(&delivery, &resolver, &host, port, failing).await;
+    }
+}
+
+/// Asks every peer once and trips what they tripped; returns whether `host` resolved.
+/// Startup runs one round before serving, so a replica that restarts mid-ramp knows of a
+/// trip before its first request.
+pub async fn poll(
+    delivery: &Arc<Delivery>,
+    resolver: &Resolver,
+    host: &str,
+    port: u16,
+    was_failing: bool,
+) -> bool {
+    let ips = match discover(resolver, host, Discovery::Auto).await {
+        Ok((ips, _)) => ips,
+        Err(error) => {
+            if !was_failing {
+                warn!(peers = %host, %error, "cannot resolve PEERS: this replica judges alone until it can");
             }
-            Err(error) => {
-                if !failing {
-                    warn!(peers = %host, %error, "cannot resolve PEERS: this replica judges alone until it can");
-                }
-                failing = true;
-                continue;
-            }
-        };
-        let asks = ips.into_iter().map(|ip| {
-            let addr = SocketAddr::new(ip, port);
-            async move { (addr, ask(addr).await) }
-        });
-        for (addr, answer) in futures_join_all(asks).await {
-            match answer {
-                Ok(view) => learn(&delivery, &view, addr),
-                Err(e) => debug!(peer = %addr, error = %e, "peer did not tell its guard state"),
-            }
+            return false;
+        }
+    };
+    let asks = ips.into_iter().map(|ip| {
+        let addr = SocketAddr::new(ip, port);
+        async move { (addr, ask(addr).await) }
+    });
+    for (addr, answer) in futures_join_all(asks).await {
+        match answer {
+            Ok(view) => learn(delivery, &view, addr),
+            Err(e) => debug!(peer = %addr, error = %e, "peer did not tell its guard state"),
         }
     }
+    true
 }
 
 /// Trips what a peer with the same configuration tripped.

@@ -458,15 +458,19 @@ async fn a_trip_on_one_peer_stops_the_canary_on_every_peer() {
     let resolver = dns.addr.to_string();
     let peers = format!("tasks.proxy:{port}");
     let mut replicas = Vec::new();
+    // One START for all: the same environment, the same config hash.
+    let base = ramped_env(&blue, &green_b, &[]);
+    let mut envs = Vec::new();
     for o in octets {
         let admin = format!("127.0.0.{o}:{port}");
-        let mut env = ramped_env(&blue, &green_b, &[]);
+        let mut env = base.clone();
         env.extend([
             ("ADMIN_LISTEN".to_string(), admin),
             ("RESOLVER".to_string(), resolver.clone()),
             ("PEERS".to_string(), peers.clone()),
         ]);
         replicas.push(start(&env));
+        envs.push(env);
     }
     let client = client();
     let configs: Vec<String> = replicas
@@ -513,6 +517,16 @@ async fn a_trip_on_one_peer_stops_the_canary_on_every_peer() {
     }
     assert_eq!(green_hits.load(Ordering::SeqCst), hits);
     replicas[1].wait_for_log("guard tripped: green gets no new traffic");
+
+    // A replica that restarts mid-ramp learns of the trip before its first request.
+    let restarted = replicas.remove(1);
+    drop(restarted);
+    // Listeners bind with SO_REUSEPORT: the new process may bind while the old one dies.
+    let mut again = start(&envs.remove(1));
+    assert_eq!(greens(&client, &again.url("/"), 50).await, 0);
+    assert_eq!(green_hits.load(Ordering::SeqCst), hits);
+    let g = green(&client, &again.admin_url("/config")).await;
+    assert_eq!(g["guard"]["rule"], "peer", "{g:#}");
 }
 
 /// A port free on 127.0.0.`o` for every octet.
