@@ -1,7 +1,7 @@
 //! Picks the color of each request in proportion to the configured weights: at random, or
 //! from a sticky client's bucket.
 
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use rand::distr::weighted::WeightedIndex;
 use rand::{Rng, RngExt};
@@ -61,7 +61,41 @@ impl Balancer {
     }
 }
 
-/// A route's balancer, replaced as a ramp moves; requests read the one in force.
+/// A route's balancer: fixed, or replaced as a ramp moves (requests read the one in force).
+#[derive(Debug)]
+pub enum RouteBalancer {
+    /// Read without a lock: most routes never change.
+    Fixed(Balancer),
+    Moving(Arc<Shared>),
+}
+
+impl RouteBalancer {
+    pub fn read(&self) -> BalancerRef<'_> {
+        match self {
+            RouteBalancer::Fixed(b) => BalancerRef::Fixed(b),
+            RouteBalancer::Moving(s) => BalancerRef::Moving(s.read()),
+        }
+    }
+}
+
+/// The balancer in force, for as long as it is held.
+pub enum BalancerRef<'a> {
+    Fixed(&'a Balancer),
+    Moving(RwLockReadGuard<'a, Balancer>),
+}
+
+impl std::ops::Deref for BalancerRef<'_> {
+    type Target = Balancer;
+
+    fn deref(&self) -> &Balancer {
+        match self {
+            BalancerRef::Fixed(b) => b,
+            BalancerRef::Moving(g) => g,
+        }
+    }
+}
+
+/// A balancer replaced as a ramp moves.
 #[derive(Debug)]
 pub struct Shared(RwLock<Balancer>);
 

@@ -17,7 +17,7 @@ use rand::RngExt;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::balancer::{Balancer, Shared};
+use crate::balancer::{Balancer, RouteBalancer};
 use crate::config::{BUCKETS, Color, Config, Discovery, Sticky};
 use crate::delivery::Delivery;
 use crate::discovery::{Resolver, Watch};
@@ -167,11 +167,12 @@ impl Proxy {
             .into_iter()
             .map(|(prefix, colors)| Route {
                 prefix: prefix.to_string(),
-                balancer: delivery.balancer(prefix).unwrap_or_else(|| {
-                    Arc::new(Shared::new(Balancer::new(
+                balancer: match delivery.balancer(prefix) {
+                    Some(moving) => RouteBalancer::Moving(moving),
+                    None => RouteBalancer::Fixed(Balancer::new(
                         colors.iter().map(|&i| config.colors[i].weight),
-                    )))
-                }),
+                    )),
+                },
                 colors,
             })
             .collect();
@@ -632,7 +633,7 @@ struct Route {
     /// Positions in `Proxy::targets`, in COLORS order.
     colors: Vec<usize>,
     /// Replaced as a ramp moves (see [`crate::delivery`]); fixed otherwise.
-    balancer: Arc<Shared>,
+    balancer: RouteBalancer,
 }
 
 struct Choice {
