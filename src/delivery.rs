@@ -59,6 +59,23 @@ struct State {
     /// Whether `step` is behind the schedule for want of evidence.
     held: bool,
     trip: Option<Trip>,
+    /// The stable colors' last figures with enough requests to compare: what the canary is
+    /// judged against once they get too little traffic (a last step at 100%).
+    baseline: Option<Figures>,
+}
+
+impl State {
+    /// The stable figures to judge the canary against.
+    fn stable(&mut self, min_requests: u64) -> Figures {
+        let now = self.window.stable();
+        if now.requests >= min_requests {
+            self.baseline = Some(now);
+        }
+        match self.baseline {
+            Some(b) if now.requests < min_requests => b,
+            _ => now,
+        }
+    }
 }
 
 impl Ramped {
@@ -139,6 +156,7 @@ impl Delivery {
                     evidence: 0,
                     held: false,
                     trip: None,
+                    baseline: None,
                 }),
                 ramp,
             };
@@ -217,7 +235,8 @@ impl Delivery {
             st.consecutive = 0;
             st.evidence += 1;
         }
-        if let Some(trip) = guard::judge(&self.settings, st.window.figures(0), st.window.stable()) {
+        let stable = st.stable(self.settings.min_requests);
+        if let Some(trip) = guard::judge(&self.settings, st.window.figures(0), stable) {
             self.trip(route, &mut st, trip);
             return;
         }
@@ -232,10 +251,10 @@ impl Delivery {
         for route in &self.routes {
             let mut st = route.state();
             st.window.advance(now_ms);
+            let stable = st.stable(self.settings.min_requests);
             if self.settings.enabled
                 && !route.tripped.load(Ordering::SeqCst)
-                && let Some(trip) =
-                    guard::judge(&self.settings, st.window.figures(0), st.window.stable())
+                && let Some(trip) = guard::judge(&self.settings, st.window.figures(0), stable)
             {
                 self.trip(route, &mut st, trip);
             }
@@ -640,6 +659,31 @@ mod tests {
         traffic(&d, 1, 400, 200, 60 * MS, t0);
         let st = d.routes[0].state();
         assert_eq!(st.trip.as_ref().map(|t| t.rule), Some("latency"));
+    }
+
+    #[test]
+    fn at_100_percent_the_canary_is_judged_against_the_last_stable_figures() {
+        let t0 = start();
+        let d = delivery(&[("GUARD_CONSECUTIVE_ERRORS", "1000")], t0);
+        // Stable colors fail 4% of the time; the canary 2%: healthy.
+        for i in 0..100 {
+            traffic(&d, 0, 1, if i % 33 == 0 { 500 } else { 200 }, MS, t0);
+        }
+        // Each tick notes the stable figures while there are enough.
+        d.tick_at(t0, 0);
+        // A minute later the stable colors have left the window (100%), the canary has not.
+        let later = t0 + Duration::from_secs(61);
+        for i in 0..100 {
+            traffic(&d, 1, 1, if i % 50 == 49 { 500 } else { 200 }, MS, later);
+        }
+        assert_eq!(d.routes[0].state().window.stable().requests, 0);
+        let trip = d.routes[0].state().trip.clone();
+        assert!(trip.is_none(), "2% against the last 4%: {trip:?}");
+        // 10% is more than a point above the last baseline.
+        for i in 0..100 {
+            traffic(&d, 1, 1, if i % 5 == 0 { 500 } else { 200 }, MS, later);
+        }
+        assert!(d.routes[0].tripped.load(Ordering::SeqCst));
     }
 
     #[test]
