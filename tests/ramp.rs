@@ -594,3 +594,73 @@ fn check_prints_the_schedule_and_ramp_errors_name_their_variable() {
         assert!(stderr.contains(var), "{var} missing: {stderr}");
     }
 }
+
+/// With sticky cookies, every bucket that reaches the canary stays there as the share rises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_clients_only_move_to_the_canary_as_it_ramps() {
+    let (blue, _) = backend("blue", 200, Duration::ZERO).await;
+    let (green_b, _) = backend("green", 200, Duration::ZERO).await;
+    let env = [
+        ("BLUE", blue.url()),
+        ("GREEN", green_b.url()),
+        ("GREEN_RAMP", "10,50,100".to_string()),
+        ("GREEN_RAMP_INTERVAL", "3s".to_string()),
+        ("GREEN_RAMP_START", time(1)),
+        ("GUARD_MIN_REQUESTS", "5".to_string()),
+        ("STICKY", "cookie".to_string()),
+        ("ACCESS_LOG", "off".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut p = ProxyProcess::start(&env);
+    let config = p.admin_url("/config");
+    let client = client();
+    // Green's buckets (of 100 sampled clients) at each step.
+    let mut by_step: std::collections::BTreeMap<u64, Vec<u32>> = Default::default();
+    let deadline = Instant::now() + TIMEOUT;
+    while !by_step.contains_key(&3) {
+        let before = green(&client, &config).await["ramp"]["step"]
+            .as_u64()
+            .unwrap();
+        let mut greens = Vec::new();
+        for k in (0..10_000u32).step_by(100) {
+            let req = Request::get(p.url("/"))
+                .header("cookie", format!("colorproxy_bucket={k}"))
+                .body(Full::default())
+                .unwrap();
+            if send(&client, req).await.headers["x-backend"] == "green" {
+                greens.push(k);
+            }
+        }
+        let after = green(&client, &config).await["ramp"]["step"]
+            .as_u64()
+            .unwrap();
+        if before == after {
+            if let Some(seen) = by_step.get(&after) {
+                assert_eq!(
+                    seen, &greens,
+                    "step {after} maps buckets the same way each time"
+                );
+            }
+            by_step.insert(after, greens);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ramp did not finish: {by_step:?}"
+        );
+    }
+    assert!(
+        by_step.contains_key(&1) && by_step.contains_key(&2),
+        "{by_step:?}"
+    );
+    let sizes: Vec<(u64, usize)> = by_step.iter().map(|(s, g)| (*s, g.len())).collect();
+    for (step, n) in &sizes {
+        assert_eq!(*n, [0, 10, 50, 100][*step as usize], "{sizes:?}");
+    }
+    let steps: Vec<&Vec<u32>> = by_step.values().collect();
+    for pair in steps.windows(2) {
+        assert!(
+            pair[0].iter().all(|k| pair[1].contains(k)),
+            "a client left the canary: {by_step:?}"
+        );
+    }
+}
