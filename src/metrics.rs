@@ -173,7 +173,7 @@ impl Metrics {
         let share = Family::<ColorLabels, FloatGauge>::default();
         registry.register(
             "backend_share",
-            "Configured share of new requests of each color (0 to 1)",
+            "Share of its route's new requests each color gets now, by weight or ramp step (0 to 1)",
             share.clone(),
         );
         let color_names: Vec<&'static str> =
