@@ -24,7 +24,9 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// What the admin endpoints report on.
 pub struct AdminState {
     proxy: Arc<Proxy>,
-    /// `/config`, rendered once: the configuration never changes while the process runs.
+    /// `/config` as made at startup; the parts a ramp moves are brought up to date per request.
+    config_view: serde_json::Value,
+    /// `/config`, rendered once when nothing in it moves.
     config_json: String,
     draining: AtomicBool,
 }
@@ -33,6 +35,7 @@ impl AdminState {
     pub fn new(proxy: Arc<Proxy>, config_view: &serde_json::Value) -> AdminState {
         AdminState {
             proxy,
+            config_view: config_view.clone(),
             config_json: format!("{config_view:#}\n"),
             draining: AtomicBool::new(false),
         }
@@ -58,12 +61,29 @@ impl AdminState {
             "/ready" => plain(StatusCode::OK, "ready\n"),
             "/metrics" => {
                 self.proxy.update_endpoint_metrics();
-                with_type(StatusCode::OK, self.proxy.metrics().encode(), OPENMETRICS)
+                let metrics = self.proxy.metrics();
+                self.proxy.delivery().update_metrics(&metrics.delivery);
+                with_type(StatusCode::OK, metrics.encode(), OPENMETRICS)
             }
-            "/config" => with_type(StatusCode::OK, self.config_json.clone(), "application/json"),
+            "/config" if self.proxy.delivery().is_empty() => {
+                with_type(StatusCode::OK, self.config_json.clone(), "application/json")
+            }
+            "/config" => {
+                let mut view = self.config_view.clone();
+                self.proxy
+                    .delivery()
+                    .patch_view(&mut view, std::time::SystemTime::now());
+                with_type(StatusCode::OK, format!("{view:#}\n"), "application/json")
+            }
+            // What peers ask each other (PEERS): the config hash and the tripped colors.
+            "/guard" => with_type(
+                StatusCode::OK,
+                format!("{}\n", self.proxy.delivery().peer_view()),
+                "application/json",
+            ),
             _ => plain(
                 StatusCode::NOT_FOUND,
-                "not found: try /healthz, /ready, /metrics or /config\n",
+                "not found: try /healthz, /ready, /metrics, /config or /guard\n",
             ),
         }
     }

@@ -1,15 +1,18 @@
 //! Picks the color of each request in proportion to the configured weights: at random, or
 //! from a sticky client's bucket.
 
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
 use rand::distr::weighted::WeightedIndex;
 use rand::{Rng, RngExt};
 
 use crate::config::BUCKETS;
 
-/// The weighted choice over the configured colors, by position in their list. Built once at
-/// startup: weights only change through a rolling update, which starts a new process.
+/// The weighted choice over the configured colors, by position in their list. Built at
+/// startup, and again when a ramp's step or its guard changes a share.
 #[derive(Debug, Clone)]
 pub struct Balancer {
+    weights: Vec<u32>,
     /// `None` when nothing can be picked.
     index: Option<WeightedIndex<u32>>,
     /// Where each color's slice of the buckets ends: the cumulative weights, in list order,
@@ -37,7 +40,13 @@ impl Balancer {
         Balancer {
             index: WeightedIndex::new(&weights).ok(),
             bounds,
+            weights,
         }
+    }
+
+    /// The weight of the color at `position` (0 when out of range).
+    pub fn weight(&self, position: usize) -> u32 {
+        self.weights.get(position).copied().unwrap_or(0)
     }
 
     /// The position of the color whose slice holds `bucket` (0..BUCKETS).
@@ -50,6 +59,91 @@ impl Balancer {
     pub fn pick<R: Rng + ?Sized>(&self, rng: &mut R) -> Option<usize> {
         Some(rng.sample(self.index.as_ref()?))
     }
+}
+
+/// A route's balancer: fixed, or replaced as a ramp moves (requests read the one in force).
+#[derive(Debug)]
+pub enum RouteBalancer {
+    /// Read without a lock: most routes never change.
+    Fixed(Balancer),
+    Moving(Arc<Shared>),
+}
+
+impl RouteBalancer {
+    pub fn read(&self) -> BalancerRef<'_> {
+        match self {
+            RouteBalancer::Fixed(b) => BalancerRef::Fixed(b),
+            RouteBalancer::Moving(s) => BalancerRef::Moving(s.read()),
+        }
+    }
+}
+
+/// The balancer in force, for as long as it is held.
+pub enum BalancerRef<'a> {
+    Fixed(&'a Balancer),
+    Moving(RwLockReadGuard<'a, Balancer>),
+}
+
+impl std::ops::Deref for BalancerRef<'_> {
+    type Target = Balancer;
+
+    fn deref(&self) -> &Balancer {
+        match self {
+            BalancerRef::Fixed(b) => b,
+            BalancerRef::Moving(g) => g,
+        }
+    }
+}
+
+/// A balancer replaced as a ramp moves.
+#[derive(Debug)]
+pub struct Shared(RwLock<Balancer>);
+
+impl Shared {
+    pub fn new(balancer: Balancer) -> Shared {
+        Shared(RwLock::new(balancer))
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, Balancer> {
+        // A writer only swaps a finished value in, so a poisoned lock still holds a whole one.
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set(&self, balancer: Balancer) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = balancer;
+    }
+}
+
+/// The weights of a route with a ramped color at `position` holding `share` (0..=BUCKETS,
+/// in buckets: 100 per percent): the rest is split among the other colors by `weights`, all
+/// in buckets, so that the weights add up to BUCKETS. As the share rises the ramped color's
+/// slice only grows at both ends, so a sticky bucket only ever moves to it, never back.
+pub fn ramped_weights(weights: &[u32], position: usize, share: u32) -> Vec<u32> {
+    let share = share.min(BUCKETS);
+    let rest = u64::from(BUCKETS - share);
+    let total: u64 = weights
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != position)
+        .map(|(_, &w)| u64::from(w))
+        .sum();
+    let mut out: Vec<u32> = weights
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| match i {
+            _ if i == position => share,
+            _ => (rest * u64::from(w)).checked_div(total).unwrap_or(0) as u32,
+        })
+        .collect();
+    // What flooring left over goes to the last other color with a weight.
+    let given: u32 = out.iter().sum();
+    if let Some(last) = (0..out.len())
+        .rev()
+        .find(|&i| i != position && weights[i] > 0)
+    {
+        out[last] += BUCKETS - given;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -163,6 +257,49 @@ mod tests {
                     let no_green = Balancer::new([blue, 0]);
                     assert!((0..BUCKETS).all(|k| no_green.for_bucket(k) == Some(0)));
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn ramped_weights_fill_the_buckets() {
+        assert_eq!(ramped_weights(&[1, 1], 1, 1000), [9000, 1000]);
+        assert_eq!(ramped_weights(&[5, 1], 0, 0), [0, 10_000]);
+        assert_eq!(ramped_weights(&[1, 7, 2], 1, 2500), [2500, 2500, 5000]);
+        assert_eq!(ramped_weights(&[1, 1, 1], 0, 0), [0, 5000, 5000]);
+        assert_eq!(ramped_weights(&[1, 1, 1], 2, 0), [5000, 5000, 0]);
+        assert_eq!(ramped_weights(&[1, 1, 1], 1, 1), [4999, 1, 5000]);
+    }
+
+    /// With the ramped color anywhere among two or three colors, raising its share never takes
+    /// a bucket away from it; with two colors, the only buckets that move go to it. (With three,
+    /// the stable colors' slices also shift between themselves, as weights do.)
+    #[test]
+    fn a_rising_ramp_only_gains_buckets() {
+        for (weights, position) in [
+            (vec![1u32, 1], 1usize),
+            (vec![1, 1], 0),
+            (vec![3, 1, 2], 1),
+            (vec![1, 5, 1], 2),
+            (vec![7, 0, 1], 0),
+        ] {
+            let mut before: Option<Balancer> = None;
+            for share in (0..=BUCKETS).step_by(37).chain([BUCKETS]) {
+                let w = ramped_weights(&weights, position, share);
+                assert_eq!(w.iter().sum::<u32>(), BUCKETS, "{weights:?} {share}");
+                let after = Balancer::new(w);
+                if let Some(b) = &before {
+                    for k in (0..BUCKETS).step_by(7) {
+                        let (x, y) = (b.for_bucket(k), after.for_bucket(k));
+                        let ok = if weights.len() == 2 {
+                            x == y || y == Some(position)
+                        } else {
+                            x != Some(position) || y == Some(position)
+                        };
+                        assert!(ok, "{weights:?} share {share}: bucket {k} {x:?} -> {y:?}");
+                    }
+                }
+                before = Some(after);
             }
         }
     }

@@ -8,10 +8,13 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hyper::http::uri::{Authority, Uri};
 use serde::Deserialize;
+
+use crate::guard;
+use crate::ramp::{self, Ramp};
 
 /// Colors used when `COLORS` is unset: the blue/green pair of the classic walkthrough.
 pub const DEFAULT_COLORS: &[&str] = &["blue", "green"];
@@ -89,6 +92,8 @@ pub struct Config {
     pub override_header: Option<String>,
     /// Configured colors in `COLORS` order; colors whose URL variable is unset are absent.
     pub colors: Vec<Color>,
+    /// The canary guard of ramped colors, and the peers it tells of a trip.
+    pub guard: guard::Settings,
     /// `*_WEIGHT` variables that belong to no configured color: worth a warning, since a typo
     /// (`GREN_WEIGHT`) would otherwise silently leave the default weight in place.
     pub warnings: Vec<String>,
@@ -109,6 +114,8 @@ pub struct Color {
     pub discovery: Discovery,
     /// The path prefix this color serves (`/` for every path), without a trailing slash.
     pub prefix: String,
+    /// The color's share of its route over time; its weight is then not used.
+    pub ramp: Option<Ramp>,
 }
 
 /// How a client keeps its color across requests.
@@ -427,6 +434,17 @@ impl Config {
         };
 
         let names = color_names(settings.colors.as_deref(), &mut problems);
+        let guard = guard::Settings::parse(&env, &mut |var, value, expected| {
+            problems.push(problem(var, value, expected))
+        });
+        if guard.peers.is_some() && admin_listen.is_none() {
+            problems.push(problem(
+                "PEERS",
+                env.get("PEERS").map_or("", |v| v.as_str()),
+                "expected ADMIN_LISTEN to be on: replicas tell each other of a trip on their admin port",
+            ));
+        }
+        let mut ramp_warnings = Vec::new();
         let mut colors = Vec::new();
         for name in &names {
             let var = name.to_uppercase();
@@ -478,6 +496,12 @@ impl Config {
                 }
             };
             let Some(url) = env.get(&var) else { continue };
+            let ramp = ramp::parse(
+                &env,
+                &var,
+                &mut |var, value, expected| problems.push(problem(var, value, expected)),
+                &mut ramp_warnings,
+            );
             match parse_upstream(url) {
                 Ok(upstream) => {
                     if upstream.is_ip() && matches!(discovery, Discovery::Tasks | Discovery::Dns) {
@@ -493,12 +517,18 @@ impl Config {
                         weight,
                         discovery,
                         prefix,
+                        ramp,
                     })
                 }
                 Err(expected) => problems.push(problem(&var, url, &expected)),
             }
         }
+        check_ramps(&colors, &env, &mut problems, &mut ramp_warnings);
         for (prefix, group) in routes(&colors) {
+            // A ramped route's shares come from its ramp (checked above).
+            if group.iter().any(|&i| colors[i].ramp.is_some()) {
+                continue;
+            }
             if group.iter().all(|&i| colors[i].weight == 0) {
                 let vars: Vec<String> = group
                     .iter()
@@ -516,9 +546,16 @@ impl Config {
         }
 
         let configured: HashSet<&str> = colors.iter().map(|c| c.name.as_str()).collect();
-        let mut warnings = Vec::new();
+        let mut warnings = ramp_warnings;
+        if colors.iter().all(|c| c.ramp.is_none()) {
+            for var in guard::VARIABLES.iter().filter(|v| env.contains_key(**v)) {
+                warnings.push(format!(
+                    "{var} is set but no color is ramped (<COLOR>_RAMP); it is ignored"
+                ));
+            }
+        }
         for k in env.keys() {
-            let Some(color) = COLOR_SUFFIXES.iter().find_map(|s| k.strip_suffix(s)) else {
+            let Some(color) = color_suffixes().find_map(|s| k.strip_suffix(s)) else {
                 continue;
             };
             let color = color.to_lowercase();
@@ -557,6 +594,7 @@ impl Config {
             sticky_cookie,
             override_header,
             colors,
+            guard,
             warnings,
         })
     }
@@ -588,13 +626,17 @@ impl Config {
         for (_, group) in self.routes() {
             for i in group {
                 let c = &self.colors[i];
+                let weight = match c.ramp {
+                    Some(_) => "ramp".to_string(),
+                    None => c.weight.to_string(),
+                };
                 let _ = writeln!(
                     out,
                     "{:wr$}  {:wn$}  {:wu$}  {:>6}  {:>5.1}%",
                     c.prefix,
                     c.name,
                     c.upstream.url,
-                    c.weight,
+                    weight,
                     self.share(c)
                 );
             }
@@ -614,6 +656,14 @@ impl Config {
                 "{}\t{}\t{}\t{}\t{}\n",
                 c.name, u.authority, u.base_path, c.weight, c.prefix
             ));
+            // Only with a ramp, so that the hash of a configuration without one is unchanged.
+            if let Some(r) = &c.ramp {
+                hasher.update(format!("ramp {}\t{}\n", c.name, r.describe()));
+            }
+        }
+        // A new ramp or new guard settings make a new hash, which is what ends a trip's latch.
+        if self.colors.iter().any(|c| c.ramp.is_some()) {
+            hasher.update(format!("{}\n", self.guard.describe()));
         }
         hasher.update(format!(
             "sticky {}\noverride {:?}\n",
@@ -637,13 +687,17 @@ impl Config {
                     .iter()
                     .map(|&i| {
                         let c = &self.colors[i];
-                        serde_json::json!({
+                        let mut color = serde_json::json!({
                             "name": c.name,
                             "upstream": c.upstream.url,
                             "weight": c.weight,
                             "share": (self.share(c) * 10.0).round() / 10.0,
                             "discovery": c.discovery.as_str(),
-                        })
+                        });
+                        if let Some(r) = &c.ramp {
+                            color["ramp"] = r.view();
+                        }
+                        color
                     })
                     .collect();
                 serde_json::json!({ "prefix": prefix, "colors": colors })
@@ -667,21 +721,133 @@ impl Config {
             "body_timeout": d(self.body_timeout),
             "access_log": self.access_log,
             "response_headers": self.response_headers,
+            "guard": self.guard.view(),
         })
     }
 
-    /// The percentage of its route's new requests a color receives.
+    /// The percentage of its route's new requests a color receives now, by weight or by the
+    /// ramp schedule.
     pub fn share(&self, color: &Color) -> f64 {
-        let total: u64 = self
-            .colors
-            .iter()
-            .filter(|c| c.prefix == color.prefix)
+        self.share_at(color, SystemTime::now())
+    }
+
+    /// The percentage of its route's new requests a color receives at `now`: a ramped color's
+    /// share by its schedule, the rest of the route split among its other colors by weight.
+    pub fn share_at(&self, color: &Color, now: SystemTime) -> f64 {
+        let route = || self.colors.iter().filter(|c| c.prefix == color.prefix);
+        if let Some(ramp) = &color.ramp {
+            return f64::from(ramp.share_at(now));
+        }
+        let rest = route()
+            .find_map(|c| c.ramp.as_ref())
+            .map_or(100.0, |r| 100.0 - f64::from(r.share_at(now)));
+        let total: u64 = route()
+            .filter(|c| c.ramp.is_none())
             .map(|c| u64::from(c.weight))
             .sum();
         if total == 0 {
             return 0.0;
         }
-        100.0 * f64::from(color.weight) / total as f64
+        rest * f64::from(color.weight) / total as f64
+    }
+
+    /// Each ramp's schedule and the guard, as `colorproxy check` prints them below the table;
+    /// empty without a ramp.
+    pub fn schedules(&self, now: SystemTime) -> String {
+        let mut out = String::new();
+        for c in &self.colors {
+            if let Some(r) = &c.ramp {
+                out.push_str(&format!(
+                    "ramp {} on {}: {} steps every {}\n",
+                    c.name,
+                    c.prefix,
+                    r.steps.len(),
+                    humantime::format_duration(r.interval)
+                ));
+                out.push_str(&r.schedule(now));
+            }
+        }
+        if !out.is_empty() {
+            out.push_str(&self.guard.describe());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// The per-color variable suffixes: `_WEIGHT`, `_PREFIX`..., and the ramp's.
+fn color_suffixes() -> impl Iterator<Item = &'static str> {
+    COLOR_SUFFIXES.iter().chain(ramp::SUFFIXES).copied()
+}
+
+/// A ramped color shares its route with stable colors, alone: one ramped color per route,
+/// and at least one other color with a weight above 0 to take the rest.
+fn check_ramps(
+    colors: &[Color],
+    env: &BTreeMap<String, String>,
+    problems: &mut Vec<Problem>,
+    warnings: &mut Vec<String>,
+) {
+    for (prefix, group) in routes(colors) {
+        let ramped: Vec<&Color> = group
+            .iter()
+            .map(|&i| &colors[i])
+            .filter(|c| c.ramp.is_some())
+            .collect();
+        let Some(canary) = ramped.first() else {
+            continue;
+        };
+        let var = |c: &Color, suffix: &str| format!("{}{suffix}", c.name.to_uppercase());
+        if ramped.len() > 1 {
+            let vars: Vec<String> = ramped.iter().map(|c| var(c, "_RAMP")).collect();
+            problems.push(problem(
+                &vars.join(","),
+                &ramped
+                    .iter()
+                    .map(|c| env[&var(c, "_RAMP")].as_str())
+                    .collect::<Vec<_>>()
+                    .join(" and "),
+                &format!(
+                    "expected one ramped color on the route {prefix}: the others share what it leaves"
+                ),
+            ));
+            continue;
+        }
+        let stable: Vec<&Color> = group
+            .iter()
+            .map(|&i| &colors[i])
+            .filter(|c| c.ramp.is_none())
+            .collect();
+        let ramp_var = var(canary, "_RAMP");
+        if stable.is_empty() {
+            problems.push(problem(
+                &ramp_var,
+                &env[&ramp_var],
+                &format!(
+                    "expected another color on the route {prefix} to take the rest of the traffic (e.g. BLUE=http://myapp-v1:8080)"
+                ),
+            ));
+        } else if stable.iter().all(|c| c.weight == 0) {
+            let vars: Vec<String> = stable.iter().map(|c| var(c, "_WEIGHT")).collect();
+            problems.push(problem(
+                &vars.join(","),
+                "0",
+                &format!(
+                    "expected a color other than the ramped {} with a weight above 0 on the route {prefix}, to take the rest of the traffic",
+                    canary.name
+                ),
+            ));
+        }
+        for c in ramped {
+            let weight_var = var(c, "_WEIGHT");
+            if env.contains_key(&weight_var) {
+                warnings.push(format!(
+                    "{weight_var} is not used: {} is ramped by {}, which sets its share",
+                    c.name,
+                    var(c, "_RAMP")
+                ));
+            }
+        }
     }
 }
 
@@ -824,7 +990,9 @@ fn color_names(colors: Option<&str>, problems: &mut Vec<Problem>) -> Vec<String>
             Some(format!("{name:?} (only letters, digits and _)"))
         } else if names.contains(&name) {
             Some(format!("{name:?} twice"))
-        } else if RESERVED.contains(&name.to_uppercase().as_str()) {
+        } else if RESERVED.contains(&name.to_uppercase().as_str())
+            || guard::VARIABLES.contains(&name.to_uppercase().as_str())
+        {
             Some(format!(
                 "{name:?} (its variable {} is a setting)",
                 name.to_uppercase()
@@ -839,7 +1007,7 @@ fn color_names(colors: Option<&str>, problems: &mut Vec<Problem>) -> Vec<String>
     }
     // A color named `x_weight` would read the same variable as the weight of color `x`.
     for n in &names {
-        for suffix in COLOR_SUFFIXES {
+        for suffix in color_suffixes() {
             if let Some(base) = n.strip_suffix(&suffix.to_lowercase())
                 && names.iter().any(|m| m == base)
             {
@@ -1226,17 +1394,139 @@ mod tests {
         let reference = &readme[readme
             .find("### Environment reference")
             .expect("the section")..];
-        for var in RESERVED {
+        for var in RESERVED.iter().chain(guard::VARIABLES) {
             assert!(
                 reference.contains(&format!("| `{var}` |")),
                 "{var} is not in README"
             );
         }
         assert!(reference.contains("| `<COLOR>` |"));
-        for suffix in COLOR_SUFFIXES {
+        for suffix in color_suffixes() {
             let row = format!("| `<COLOR>{suffix}` |");
             assert!(reference.contains(&row), "{row} is not in README");
         }
+    }
+
+    const START: &str = "2026-12-01T20:00:00Z";
+
+    #[test]
+    fn a_ramp_takes_its_share_from_the_schedule() {
+        let c = parse(&[
+            ("BLUE", "http://a"),
+            ("GREEN", "http://b"),
+            ("RED", "http://c"),
+            ("COLORS", "blue,green,red"),
+            ("BLUE_WEIGHT", "3"),
+            ("GREEN_RAMP", "20,60"),
+            ("GREEN_RAMP_INTERVAL", "1m"),
+            ("GREEN_RAMP_START", START),
+        ])
+        .unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let t0 = ramp::parse_rfc3339(START).unwrap();
+        let shares = |t| -> Vec<f64> { c.colors.iter().map(|k| c.share_at(k, t)).collect() };
+        assert_eq!(shares(t0 - Duration::from_secs(1)), [75.0, 0.0, 25.0]);
+        assert_eq!(shares(t0), [60.0, 20.0, 20.0]);
+        assert_eq!(shares(t0 + Duration::from_secs(3600)), [30.0, 60.0, 10.0]);
+        assert_eq!(c.colors[1].ramp.as_ref().unwrap().steps, [20, 60]);
+        assert!(c.table().contains("  ramp  "), "{}", c.table());
+        let s = c.schedules(t0);
+        assert!(s.starts_with("ramp green on /: 2 steps every 1m\n"), "{s}");
+        assert!(
+            s.contains("guard on: window 1m, at least 50 canary requests"),
+            "{s}"
+        );
+        assert_eq!(c.view()["routes"][0]["colors"][1]["ramp"]["steps"][1], 60);
+    }
+
+    #[test]
+    fn ramps_are_validated_per_route() {
+        let start = ("GREEN_RAMP_START", START);
+        // Two ramped colors on one route.
+        let p = problems(&[
+            ("BLUE", "http://a"),
+            ("GREEN", "http://b"),
+            ("BLUE_RAMP", "1,2"),
+            ("BLUE_RAMP_START", START),
+            ("GREEN_RAMP", "5"),
+            start,
+        ]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].var, "BLUE_RAMP,GREEN_RAMP");
+        assert!(p[0].expected.contains("one ramped color"), "{p:?}");
+        // Alone on its route: nobody takes the rest.
+        let p = problems(&[("GREEN", "http://b"), ("GREEN_RAMP", "5,100"), start]);
+        assert_eq!(p[0].var, "GREEN_RAMP");
+        assert!(p[0].expected.contains("another color"), "{p:?}");
+        // The others at weight 0.
+        let p = problems(&[
+            ("BLUE", "http://a"),
+            ("BLUE_WEIGHT", "0"),
+            ("GREEN", "http://b"),
+            ("GREEN_RAMP", "5"),
+            start,
+        ]);
+        assert_eq!(p[0].var, "BLUE_WEIGHT");
+        // Ramps on different routes are fine, and a ramped color's weight is not used.
+        let c = parse(&[
+            ("COLORS", "a,b,c,d"),
+            ("A", "http://a"),
+            ("B", "http://b"),
+            ("B_RAMP", "50"),
+            ("B_RAMP_START", START),
+            ("B_WEIGHT", "0"),
+            ("C", "http://c"),
+            ("C_PREFIX", "/c"),
+            ("D", "http://d"),
+            ("D_PREFIX", "/c"),
+            ("D_RAMP", "1"),
+            ("D_RAMP_START", START),
+        ])
+        .unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(c.warnings[0].starts_with("B_WEIGHT is not used"));
+        // Ramp variables of a color that is not one warn like weights.
+        let c = parse(&[("BLUE", "http://a"), ("GREN_RAMP", "1")]).unwrap();
+        assert!(c.warnings[0].starts_with("GREN_RAMP is set but gren is not a color"));
+        let c = parse(&[("BLUE", "http://a"), ("GUARD_WINDOW", "2m")]).unwrap();
+        assert_eq!(
+            c.warnings,
+            ["GUARD_WINDOW is set but no color is ramped (<COLOR>_RAMP); it is ignored"]
+        );
+        // Guard and peers.
+        let p = problems(&[
+            ("GUARD_WINDOW", "0s"),
+            ("PEERS", "tasks.proxy"),
+            ("ADMIN_LISTEN", "off"),
+        ]);
+        let vars: Vec<_> = p.iter().map(|p| p.var.as_str()).collect();
+        assert_eq!(vars, ["GUARD_WINDOW", "PEERS"]);
+        assert_eq!(problems(&[("COLORS", "guard")])[0].var, "COLORS");
+    }
+
+    #[test]
+    fn a_new_ramp_is_a_new_config_hash() {
+        let base = [
+            ("BLUE", "http://a"),
+            ("GREEN", "http://b"),
+            ("GREEN_RAMP", "5,50"),
+            ("GREEN_RAMP_START", START),
+        ];
+        let h = parse(&base).unwrap().config_hash();
+        let later = parse(&[
+            ("BLUE", "http://a"),
+            ("GREEN", "http://b"),
+            ("GREEN_RAMP", "5,50"),
+            ("GREEN_RAMP_START", "2026-12-01T21:00:00Z"),
+        ]);
+        assert_ne!(later.unwrap().config_hash(), h);
+        let mut guarded = base.to_vec();
+        guarded.push(("GUARD_MIN_REQUESTS", "10"));
+        assert_ne!(parse(&guarded).unwrap().config_hash(), h);
+        // Without a ramp, guard settings do not matter to routing.
+        let plain = parse(&[("BLUE", "http://a")]).unwrap().config_hash();
+        let guard = parse(&[("BLUE", "http://a"), ("GUARD", "off")]).unwrap();
+        assert_eq!(guard.config_hash(), plain);
     }
 
     #[test]

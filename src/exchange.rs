@@ -46,6 +46,8 @@ pub struct Exchange {
     /// read): a stall now is the client's.
     waiting_for_client: AtomicBool,
     status: AtomicU16,
+    /// Microseconds from the start to the response headers; 0 until they are ready.
+    headers_us: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     /// Signalled when the request body has been sent upstream, or abandoned.
@@ -71,6 +73,7 @@ impl Exchange {
             client_fault: Mutex::new(None),
             waiting_for_client: AtomicBool::new(false),
             status: AtomicU16::new(0),
+            headers_us: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             body_sent: Notify::new(),
@@ -134,6 +137,8 @@ impl Exchange {
         resp: hyper::Response<Outgoing>,
     ) -> hyper::Response<ResponseBody> {
         self.status.store(resp.status().as_u16(), Ordering::Relaxed);
+        let headers = self.start.elapsed().as_micros().max(1) as u64;
+        self.headers_us.store(headers, Ordering::Relaxed);
         resp.map(|inner| ResponseBody {
             inner,
             exchange: self,
@@ -155,6 +160,11 @@ impl Drop for Exchange {
             status,
             elapsed.as_secs_f64(),
         );
+        let headers = match self.headers_us.load(Ordering::Relaxed) {
+            0 => elapsed,
+            us => std::time::Duration::from_micros(us),
+        };
+        m.outcome(self.color.load(Ordering::Relaxed), status, headers);
         if let Some((method, uri)) = &self.logged {
             let color = self.color_name();
             let endpoint = self.endpoint.lock().expect("endpoint lock");

@@ -10,13 +10,17 @@ pub mod balancer;
 pub mod blame;
 pub mod buffering;
 pub mod config;
+pub mod delivery;
 pub mod discovery;
 pub mod endpoints;
 pub mod exchange;
+pub mod guard;
 pub mod logging;
 pub mod metrics;
+pub mod peers;
 pub mod pool;
 pub mod proxy;
+pub mod ramp;
 pub mod server;
 pub mod signal;
 pub mod upstream;
@@ -28,6 +32,8 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 
+/// How long startup waits for the peers' first answers (PEERS).
+const FIRST_PEER_POLL_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long startup waits for the first DNS answers.
 const INITIAL_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -54,8 +60,27 @@ pub fn log_config(config: &Config) {
             upstream = %color.upstream.url,
             discovery = color.discovery.as_str(),
             weight = color.weight,
+            ramped = color.ramp.is_some(),
             share = %format!("{:.1}%", config.share(color)),
             "route"
+        );
+    }
+    let now = std::time::SystemTime::now();
+    for color in &config.colors {
+        let Some(ramp) = &color.ramp else { continue };
+        let step = ramp.step_at(now);
+        info!(
+            route = %color.prefix,
+            color = %color.name,
+            ramp = %ramp.describe(),
+            step = %format!("{step}/{}", ramp.steps.len()),
+            share = %format!("{}%", ramp.step_share(step)),
+            next_step_at = %ramp.next_start(step).map_or("none (last step)".into(), ramp::format_time),
+            guard = %config.guard.describe(),
+            "ramp: {} starts at {}% of {}",
+            color.name,
+            ramp.step_share(step),
+            color.prefix
         );
     }
     for warning in &config.warnings {
@@ -83,6 +108,10 @@ pub async fn run(config: Config) -> Result<(), String> {
     let proxy = Arc::new(proxy::Proxy::new(&config, metrics, resolver.clone()));
     discover(&proxy, &resolver, config.dns_refresh).await;
     tokio::spawn(expire_idle_connections(proxy.clone()));
+    let delivery = proxy.delivery().clone();
+    if !delivery.is_empty() {
+        tokio::spawn(delivery::run(delivery.clone()));
+    }
 
     let admin_state = Arc::new(admin::AdminState::new(proxy.clone(), &config.view()));
     let addr = local_addr(&listener)?;
@@ -91,6 +120,22 @@ pub async fn run(config: Config) -> Result<(), String> {
     if let Some(admin_listener) = admin_listener {
         info!("admin endpoints on {}", local_addr(&admin_listener)?);
         tokio::spawn(admin::serve(admin_listener, admin_state.clone()));
+    }
+    if let (false, Some((host, port)), Some(admin)) = (
+        delivery.is_empty(),
+        &config.guard.peers,
+        config.admin_listen,
+    ) {
+        // The admin port here is the one bound; peers listen on the configured one.
+        let port = port.unwrap_or(admin.port());
+        let first = peers::poll(&delivery, &resolver, host, port, false);
+        if tokio::time::timeout(FIRST_PEER_POLL_TIMEOUT, first)
+            .await
+            .is_err()
+        {
+            warn!("PEERS are slow to answer: serving before knowing of their trips");
+        }
+        tokio::spawn(peers::run(delivery, resolver.clone(), host.clone(), port));
     }
     let shutdown = async move {
         let name = signals.recv().await;
@@ -106,7 +151,9 @@ pub async fn run(config: Config) -> Result<(), String> {
 fn resolver(config: &Config) -> Result<discovery::Resolver, String> {
     match discovery::Resolver::new(config.resolver) {
         Ok(r) => Ok(r),
-        Err(e) if config.colors.iter().all(|c| c.upstream.is_ip()) => {
+        Err(e)
+            if config.guard.peers.is_none() && config.colors.iter().all(|c| c.upstream.is_ip()) =>
+        {
             warn!("{e}; no upstream needs DNS");
             Ok(discovery::Resolver::none())
         }

@@ -78,6 +78,7 @@ fn check(json: bool) -> ExitCode {
         println!("{:#}", config.view());
     } else {
         print!("{}", config.table());
+        print!("{}", config.schedules(std::time::SystemTime::now()));
         println!(
             "listen {}, admin {}, connect timeout {}, request timeout {}, drain timeout {}",
             config.listen,

@@ -7,8 +7,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
-use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use crate::config::Config;
 
@@ -66,8 +67,75 @@ struct BuildLabels {
     config_hash: String,
 }
 
+/// Told of every finished exchange, for the canary guard.
+pub trait Outcomes: Send + Sync {
+    /// `color`: the index of the color that answered (anything else: none); `status`: what the
+    /// client got (499 when it left first); `headers`: the time to response headers.
+    fn outcome(&self, color: usize, status: u16, headers: Duration);
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// The ramp and guard figures of ramped routes, set by [`crate::delivery`].
+pub struct DeliveryMetrics {
+    pub share: Family<ColorLabels, FloatGauge>,
+    pub step: Family<ColorLabels, Gauge>,
+    pub held: Family<ColorLabels, Gauge>,
+    pub tripped: Family<ColorLabels, Gauge>,
+    pub window_requests: Family<ColorLabels, Gauge>,
+    pub window_errors: Family<ColorLabels, Gauge>,
+    pub window_p90: Family<ColorLabels, FloatGauge>,
+}
+
+impl DeliveryMetrics {
+    fn register(registry: &mut Registry, share: Family<ColorLabels, FloatGauge>) -> Self {
+        let m = DeliveryMetrics {
+            share,
+            step: Family::default(),
+            held: Family::default(),
+            tripped: Family::default(),
+            window_requests: Family::default(),
+            window_errors: Family::default(),
+            window_p90: Family::default(),
+        };
+        registry.register(
+            "ramp_step",
+            "The ramp step in force for a ramped color (0 before its start)",
+            m.step.clone(),
+        );
+        registry.register(
+            "ramp_held",
+            "1 while a ramped color holds its step for want of enough healthy canary requests on it",
+            m.held.clone(),
+        );
+        registry.register(
+            "guard_tripped",
+            "1 once the guard has tripped for a ramped color: it gets no new traffic until the configuration changes",
+            m.tripped.clone(),
+        );
+        registry.register(
+            "guard_window_requests",
+            "Requests of each color of a ramped route in the guard's window",
+            m.window_requests.clone(),
+        );
+        registry.register(
+            "guard_window_errors",
+            "Failures (status 500 and above, upstream failures) of each color of a ramped route in the guard's window",
+            m.window_errors.clone(),
+        );
+        registry.register(
+            "guard_window_latency_p90_seconds",
+            "p90 time to response headers of each color of a ramped route in the guard's window",
+            m.window_p90.clone(),
+        );
+        m
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    outcomes: OnceLock<Arc<dyn Outcomes>>,
+    pub delivery: DeliveryMetrics,
     /// Color names in configuration order, interned for labels.
     color_names: Vec<&'static str>,
     /// Per color, the metric handles every request touches, looked up once rather than per
@@ -126,21 +194,25 @@ impl Metrics {
             "Configured weight of each color",
             weight.clone(),
         );
-        let share = Family::<ColorLabels, Gauge<f64, AtomicU64>>::default();
+        let share = Family::<ColorLabels, FloatGauge>::default();
         registry.register(
             "backend_share",
-            "Configured share of new requests of each color (0 to 1)",
+            "Share of its route's new requests each color gets now, by weight or ramp step (0 to 1)",
             share.clone(),
         );
         let color_names: Vec<&'static str> =
             config.colors.iter().map(|c| intern(&c.name)).collect();
         for (color, &name) in config.colors.iter().zip(&color_names) {
             let labels = ColorLabels { color: name };
-            weight.get_or_create(&labels).set(i64::from(color.weight));
+            // A ramped color's weight is not used: its share says it all.
+            if color.ramp.is_none() {
+                weight.get_or_create(&labels).set(i64::from(color.weight));
+            }
             share
                 .get_or_create(&labels)
                 .set(config.share(color) / 100.0);
         }
+        let delivery = DeliveryMetrics::register(&mut registry, share);
         let endpoints = Family::<EndpointLabels, Gauge>::default();
         registry.register(
             "endpoints",
@@ -176,6 +248,8 @@ impl Metrics {
             .collect();
         Metrics {
             registry,
+            outcomes: OnceLock::new(),
+            delivery,
             per_color,
             color_names,
             endpoints,
@@ -233,6 +307,19 @@ impl Metrics {
                 })
                 .inc(),
         };
+    }
+
+    /// From now on every finished exchange is also told to `outcomes` (once; later calls are
+    /// ignored).
+    pub fn observe(&self, outcomes: Arc<dyn Outcomes>) {
+        let _ = self.outcomes.set(outcomes);
+    }
+
+    /// One finished exchange, for the observer set with [`Metrics::observe`].
+    pub fn outcome(&self, color: usize, status: u16, headers: Duration) {
+        if let Some(o) = self.outcomes.get() {
+            o.outcome(color, status, headers);
+        }
     }
 
     pub fn color_names(&self) -> &[&'static str] {

@@ -17,10 +17,11 @@ use rand::RngExt;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::balancer::Balancer;
+use crate::balancer::{Balancer, RouteBalancer};
 use crate::blame::ClientFault;
 use crate::buffering::{self, Budget, RequestAhead, ResponseFailure, ResponseRead};
 use crate::config::{BUCKETS, Color, Config, Discovery, Sticky};
+use crate::delivery::Delivery;
 use crate::discovery::{Resolver, Watch};
 use crate::endpoints::{Endpoint, EndpointSet};
 use crate::exchange::{Exchange, Outgoing, RequestBody, ResponseBody};
@@ -127,6 +128,8 @@ pub struct Proxy {
     override_header: Option<HeaderName>,
     client: UpstreamClient,
     metrics: Arc<Metrics>,
+    /// The shares of ramped colors, and their guards.
+    delivery: Arc<Delivery>,
     access_log: bool,
     /// The config hash for `Colorproxy-Config`, when RESPONSE_HEADERS=on.
     config_header: Option<HeaderValue>,
@@ -164,12 +167,25 @@ impl Proxy {
                 }
             })
             .collect();
+        let delivery = Arc::new(Delivery::new(
+            config,
+            metrics.color_names(),
+            std::time::SystemTime::now(),
+        ));
+        if !delivery.is_empty() {
+            metrics.observe(delivery.clone());
+        }
         let mut routes: Vec<Route> = config
             .routes()
             .into_iter()
             .map(|(prefix, colors)| Route {
                 prefix: prefix.to_string(),
-                balancer: Balancer::new(colors.iter().map(|&i| config.colors[i].weight)),
+                balancer: match delivery.balancer(prefix) {
+                    Some(moving) => RouteBalancer::Moving(moving),
+                    None => RouteBalancer::Fixed(Balancer::new(
+                        colors.iter().map(|&i| config.colors[i].weight),
+                    )),
+                },
                 colors,
             })
             .collect();
@@ -186,6 +202,7 @@ impl Proxy {
                 .map(|h| HeaderName::from_bytes(h.as_bytes()).expect("header names are validated")),
             client: UpstreamClient::new(config.connect_timeout, config.request_timeout, resolver),
             metrics,
+            delivery,
             access_log: config.access_log,
             config_header: config
                 .response_headers
@@ -216,6 +233,10 @@ impl Proxy {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    pub fn delivery(&self) -> &Arc<Delivery> {
+        &self.delivery
     }
 
     /// Brings the per-color endpoint gauges up to date.
@@ -343,21 +364,24 @@ impl Proxy {
         }
         let mut rng = rand::rng();
         let mut set_cookie = None;
+        // Read once and let go before failover reads it again.
+        let balancer = route.balancer.read();
         let position = match &self.sticky {
-            Sticky::Off => route.balancer.pick(&mut rng),
+            Sticky::Off => balancer.pick(&mut rng),
             Sticky::Cookie => {
                 let bucket = cookie_bucket(headers, &self.sticky_cookie).unwrap_or_else(|| {
                     let bucket = rng.random_range(0..BUCKETS);
                     set_cookie = Some(self.bucket_cookie(bucket, headers));
                     bucket
                 });
-                route.balancer.for_bucket(bucket)
+                balancer.for_bucket(bucket)
             }
             Sticky::Header(name) => match headers.get(name.as_str()) {
-                Some(value) => route.balancer.for_bucket(hash_bucket(value.as_bytes())),
-                None => route.balancer.pick(&mut rng),
+                Some(value) => balancer.for_bucket(hash_bucket(value.as_bytes())),
+                None => balancer.pick(&mut rng),
             },
         };
+        drop(balancer);
         // Config guarantees every route a weight above zero.
         let picked = route.colors[position.unwrap_or(0)];
         let (color, up) = if self.targets[picked].is_up() {
@@ -402,16 +426,24 @@ impl Proxy {
         HeaderValue::from_str(&cookie).expect("cookie names are validated")
     }
 
-    /// Another color of the route that is up, by weight; `None` when no other color is.
+    /// Another color of the route that is up, by the weights in force (a ramped color's
+    /// share); `None` when no other color is.
     fn failover(&self, route: &Route, from: usize) -> Option<usize> {
-        let weights = route.colors.iter().map(|&j| {
-            let t = &self.targets[j];
-            if j != from && t.color.weight > 0 && t.is_up() {
-                t.color.weight
-            } else {
-                0
-            }
-        });
+        let balancer = route.balancer.read();
+        let weights: Vec<u32> = route
+            .colors
+            .iter()
+            .enumerate()
+            .map(|(k, &j)| {
+                let w = balancer.weight(k);
+                if j != from && w > 0 && self.targets[j].is_up() {
+                    w
+                } else {
+                    0
+                }
+            })
+            .collect();
+        drop(balancer);
         Balancer::new(weights)
             .pick(&mut rand::rng())
             .map(|k| route.colors[k])
@@ -453,19 +485,27 @@ impl Proxy {
         if forced {
             return None;
         }
-        // Every other up color, by weight, until one has an endpoint not yet tried.
-        let mut others: Vec<usize> = route.colors.iter().copied().filter(|&j| j != i).collect();
+        // Every other up color, by the weights in force, until one has an endpoint not yet
+        // tried.
+        let balancer = route.balancer.read();
+        let mut others: Vec<(usize, u32)> = route
+            .colors
+            .iter()
+            .enumerate()
+            .filter(|&(_, &j)| j != i)
+            .map(|(k, &j)| (j, balancer.weight(k)))
+            .collect();
+        drop(balancer);
         while !others.is_empty() {
-            let weights = others.iter().map(|&j| {
-                let t = &self.targets[j];
-                if t.color.weight > 0 && t.is_up() {
-                    t.color.weight
+            let weights = others.iter().map(|&(j, w)| {
+                if w > 0 && self.targets[j].is_up() {
+                    w
                 } else {
                     0
                 }
             });
             let k = Balancer::new(weights).pick(&mut rng)?;
-            let j = others.swap_remove(k);
+            let (j, _) = others.swap_remove(k);
             if let Some(e) = self.targets[j].endpoints.pick(&mut rng, failed, false) {
                 return Some((j, e));
             }
@@ -591,6 +631,12 @@ impl Proxy {
                     ),
                 );
             };
+            // The request leaves this color: its failure still counts against the color (the
+            // canary guard must see a canary that refuses everything).
+            if next.0 != i {
+                self.metrics
+                    .outcome(i, e.kind.status().as_u16(), started.elapsed());
+            }
             debug!(
                 color = target.name,
                 endpoint = %endpoint.authority,
@@ -758,7 +804,8 @@ struct Route {
     prefix: String,
     /// Positions in `Proxy::targets`, in COLORS order.
     colors: Vec<usize>,
-    balancer: Balancer,
+    /// Replaced as a ramp moves (see [`crate::delivery`]); fixed otherwise.
+    balancer: RouteBalancer,
 }
 
 struct Choice {

@@ -126,11 +126,15 @@ async fn five_handoffs_under_load_lose_no_request() {
 
     for i in 1..=HANDOFFS {
         wait_for(total * i / (HANDOFFS + 1)).await;
-        let new = blocking(|| ProxyProcess::start(&[("BLUE", &backend.url()), ("LISTEN", &listen)]));
+        let new =
+            blocking(|| ProxyProcess::start(&[("BLUE", &backend.url()), ("LISTEN", &listen)]));
         assert_eq!(new.addr, old.addr);
         old.signal("TERM");
         let status = blocking(|| old.wait_exit());
-        assert!(status.success(), "hand-off {i}: the old process exited {status}");
+        assert!(
+            status.success(),
+            "hand-off {i}: the old process exited {status}"
+        );
         old = new;
     }
     wait_for(total).await;
@@ -143,7 +147,9 @@ async fn five_handoffs_under_load_lose_no_request() {
         tally.failed.load(Ordering::SeqCst),
         tally.retried.load(Ordering::SeqCst),
     );
-    println!("hand-off: {HANDOFFS} hand-offs, {sent} requests sent, {failed} failed, {retried} retried");
+    println!(
+        "hand-off: {HANDOFFS} hand-offs, {sent} requests sent, {failed} failed, {retried} retried"
+    );
     assert_eq!(
         failed,
         0,

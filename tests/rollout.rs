@@ -20,6 +20,12 @@ tab=$(printf '\t')
 (IFS=$tab; printf '%s\n' "$*") >>"$dir/calls.log"
 if [ "$1" = service ] && [ "$2" = inspect ]; then
   for service; do :; done
+  case $4 in
+    *Replicas*)
+      if [ -f "$dir/spec-$service" ]; then cat "$dir/spec-$service"; else echo "1 1 0s 5s"; fi
+      exit 0
+      ;;
+  esac
   if [ -f "$dir/env-$service" ]; then
     cat "$dir/env-$service"
     exit 0
@@ -499,4 +505,192 @@ fn help_prints_the_usage() {
         assert!(r.stdout.contains("canary SERVICE COLOR URL PERCENT"));
     }
     assert!(fake.calls().is_empty());
+}
+
+fn ramp_start(update: &[String]) -> std::time::SystemTime {
+    let start = update
+        .iter()
+        .find_map(|a| a.strip_prefix("GREEN_RAMP_START="))
+        .expect("GREEN_RAMP_START is set");
+    colorproxy::ramp::parse_rfc3339(start).expect("an RFC 3339 START")
+}
+
+fn about(t: std::time::SystemTime, from_now: Duration) {
+    let want = std::time::SystemTime::now() + from_now;
+    let off = t.duration_since(want).unwrap_or_else(|e| e.duration());
+    assert!(
+        off <= Duration::from_secs(5),
+        "START {t:?} is not about {from_now:?} from now"
+    );
+}
+
+#[test]
+fn ramp_sets_the_four_variables_in_one_update() {
+    let fake = Fake::new(&[("proxy", BLUE_ONLY)]);
+    let r = fake.run(&[
+        "ramp",
+        "proxy",
+        "green",
+        "http://myapp-v2:8080",
+        "--steps",
+        "1,5,25,50,100",
+        "--every",
+        "5m",
+        "--lead",
+        "2m",
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let changes = fake.changes();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    let update = &changes[0];
+    let expected = [
+        "service",
+        "update",
+        "--env-add",
+        "GREEN=http://myapp-v2:8080",
+        "--env-add",
+        "GREEN_RAMP=1,5,25,50,100",
+        "--env-add",
+        "GREEN_RAMP_INTERVAL=5m",
+        "--env-add",
+    ];
+    assert_eq!(&update[..expected.len()], expected, "{update:?}");
+    assert_eq!(update.last().map(String::as_str), Some("proxy"));
+    about(ramp_start(update), Duration::from_secs(120));
+    assert!(r.stdout.contains("in 2m"), "{}", r.stdout);
+}
+
+#[test]
+fn ramp_leads_by_the_rolling_update_by_default() {
+    let fake = Fake::new(&[("proxy", CANARIED)]);
+    // 3 replicas one at a time, 10 s delay, 15 s monitor: 3 x (30 + 10 + 15) s.
+    std::fs::write(fake.dir.join("spec-proxy"), "3 1 10s 15s\n").unwrap();
+    let r = fake.run(&[
+        "ramp",
+        "proxy",
+        "green",
+        "http://myapp-v2:8080",
+        "--steps=10,50,100",
+        "--every=1m",
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let update = fake.changes().remove(0);
+    about(ramp_start(&update), Duration::from_secs(165));
+    // The weight a ramp makes unused goes.
+    assert!(
+        update.windows(2).any(|w| w == ["--env-rm", "GREEN_WEIGHT"]),
+        "{update:?}"
+    );
+}
+
+#[test]
+fn ramp_refuses_what_colorproxy_would() {
+    let fake = Fake::new(&[
+        ("proxy", BLUE_ONLY),
+        ("alone", ALL_GREEN),
+        (
+            "ramped",
+            "BLUE=http://a:1\nGREEN=http://b:2\nRED=http://c:3\nCOLORS=blue,green,red\nRED_RAMP=5\n",
+        ),
+    ]);
+    for (args, needle) in [
+        (vec!["--steps", "5,1", "--every", "5m"], "not increasing"),
+        (vec!["--steps", "5,150", "--every", "5m"], "above 100"),
+        (vec!["--steps", "a", "--every", "5m"], "bad --steps"),
+        (vec!["--every", "5m"], "--steps is required"),
+        (vec!["--steps", "5"], "--every is required"),
+        (vec!["--steps", "5", "--every", "0s"], "at least 1s"),
+        (vec!["--steps", "5", "--every", "soon"], "bad --every"),
+        (
+            vec!["--steps", "5", "--every", "1m", "--lead", "x"],
+            "bad --lead",
+        ),
+    ] {
+        let mut all = vec!["ramp", "proxy", "green", "http://b:2"];
+        all.extend(args.iter().copied());
+        let r = fake.run(&all);
+        assert_eq!(r.code, 2, "{all:?}: {}{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains(needle), "{all:?}: {}", r.stderr);
+    }
+    let r = fake.run(&[
+        "ramp",
+        "alone",
+        "green",
+        "http://b:2",
+        "--steps",
+        "5",
+        "--every",
+        "1m",
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("to take the rest"), "{}", r.stderr);
+    let r = fake.run(&[
+        "ramp",
+        "ramped",
+        "green",
+        "http://b:2",
+        "--steps",
+        "5",
+        "--every",
+        "1m",
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("red is already ramped"), "{}", r.stderr);
+    assert!(fake.changes().is_empty(), "{:?}", fake.changes());
+}
+
+#[test]
+fn status_shows_the_step_in_force_and_the_next() {
+    let start =
+        colorproxy::ramp::format_time(std::time::SystemTime::now() - Duration::from_secs(7 * 60));
+    let start = start
+        .split('.')
+        .next()
+        .unwrap()
+        .trim_end_matches('Z')
+        .to_string()
+        + "Z";
+    let env = format!(
+        "BLUE=http://myapp-v1:8080\nGREEN=http://myapp-v2:8080\nGREEN_RAMP=1,5,25,50,100\nGREEN_RAMP_INTERVAL=5m\nGREEN_RAMP_START={start}\n"
+    );
+    let fake = Fake::new(&[("proxy", env.as_str())]);
+    let r = fake.run(&["status", "proxy"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("/      blue   http://myapp-v1:8080       1   95.0%"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("/      green  http://myapp-v2:8080    ramp    5.0%"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("ramp green: step 2/5 (5%) since "),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("; next: step 3 (25%) at "),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("(in 3m)") || r.stdout.contains("(in 2m5"),
+        "{}",
+        r.stdout
+    );
+
+    // Promote at the end removes the ramp.
+    let r = fake.run(&["promote", "proxy", "green"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(
+        fake.changes(),
+        vec![args(
+            "service update --env-rm GREEN_RAMP --env-rm GREEN_RAMP_INTERVAL --env-rm GREEN_RAMP_START --env-rm BLUE proxy"
+        )]
+    );
 }

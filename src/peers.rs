@@ -1,0 +1,131 @@
+//! Spreads a guard's trip between replicas: with `PEERS=tasks.<proxy service>`, each replica
+//! asks every other one's admin port for `/guard` every few seconds, and trips the colors a
+//! peer with the same configuration hash has tripped. One replica's verdict is then the
+//! fleet's within seconds, and a replica that restarts mid-ramp learns it before it sends the
+//! bad canary much traffic again.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use hyper::{Request, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use crate::config::Discovery;
+use crate::delivery::Delivery;
+use crate::discovery::{Resolver, discover};
+
+/// How often the peers are asked.
+pub const POLL: Duration = Duration::from_secs(2);
+/// A peer that does not answer within this is skipped until the next poll.
+const ASK_TIMEOUT: Duration = Duration::from_secs(1);
+/// `/guard` is a few hundred bytes; anything much larger is not a colorproxy answering.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// Asks the peers every POLL until the process ends. `host` is resolved like an upstream
+/// (`tasks.<host>` first, then the name itself), every round, so replicas that come and go
+/// are followed.
+pub async fn run(delivery: Arc<Delivery>, resolver: Resolver, host: String, port: u16) {
+    let mut ticks = tokio::time::interval(POLL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    let mut failing = false;
+    loop {
+        ticks.tick().await;
+        failing = !poll(&delivery, &resolver, &host, port, failing).await;
+    }
+}
+
+/// Asks every peer once and trips what they tripped; returns whether `host` resolved.
+/// Startup runs one round before serving, so a replica that restarts mid-ramp knows of a
+/// trip before its first request.
+pub async fn poll(
+    delivery: &Arc<Delivery>,
+    resolver: &Resolver,
+    host: &str,
+    port: u16,
+    was_failing: bool,
+) -> bool {
+    let ips = match discover(resolver, host, Discovery::Auto).await {
+        Ok((ips, _)) => ips,
+        Err(error) => {
+            if !was_failing {
+                warn!(peers = %host, %error, "cannot resolve PEERS: this replica judges alone until it can");
+            }
+            return false;
+        }
+    };
+    let asks = ips.into_iter().map(|ip| {
+        let addr = SocketAddr::new(ip, port);
+        async move { (addr, ask(addr).await) }
+    });
+    for (addr, answer) in futures_join_all(asks).await {
+        match answer {
+            Ok(view) => learn(delivery, &view, addr),
+            Err(e) => debug!(peer = %addr, error = %e, "peer did not tell its guard state"),
+        }
+    }
+    true
+}
+
+/// Trips what a peer with the same configuration tripped.
+fn learn(delivery: &Delivery, view: &serde_json::Value, peer: SocketAddr) {
+    if view["config_hash"] != delivery.config_hash() {
+        return;
+    }
+    for t in view["tripped"].as_array().into_iter().flatten() {
+        if let (Some(color), Some(reason)) = (t["color"].as_str(), t["reason"].as_str()) {
+            delivery.trip_from_peer(color, reason, &peer.to_string());
+        }
+    }
+}
+
+/// Runs the futures concurrently and collects their outputs in order.
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// GET `/guard` on a peer's admin port.
+async fn ask(addr: SocketAddr) -> Result<serde_json::Value, String> {
+    let get = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = Request::get("/guard")
+            .header(header::HOST, addr.to_string())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        if resp.status() != StatusCode::OK {
+            return Err(format!("answered {}", resp.status()));
+        }
+        let body = Limited::new(resp.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        serde_json::from_slice(&body).map_err(|e| format!("not a guard state: {e}"))
+    };
+    tokio::time::timeout(ASK_TIMEOUT, get)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {ASK_TIMEOUT:?}")))
+}
