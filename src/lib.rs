@@ -16,6 +16,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod request_checks;
 pub mod server;
 pub mod signal;
 pub mod upstream;
