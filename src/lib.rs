@@ -19,6 +19,7 @@ pub mod proxy;
 pub mod request_checks;
 pub mod server;
 pub mod signal;
+pub mod typos;
 pub mod upstream;
 
 use std::sync::Arc;
