@@ -11,6 +11,7 @@ pub mod config;
 pub mod discovery;
 pub mod endpoints;
 pub mod exchange;
+pub mod fd_limit;
 pub mod log_writer;
 pub mod logging;
 pub mod metrics;

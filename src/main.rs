@@ -135,6 +135,7 @@ fn serve() -> ExitCode {
         Err(code) => return code,
     };
     let logs = colorproxy::logging::init(&config);
+    colorproxy::fd_limit::raise_open_files();
     colorproxy::log_config(&config);
     // One CPU (a cpuset, `taskset`): one thread serves everything without work-stealing
     // hand-offs. More: one worker per CPU.
