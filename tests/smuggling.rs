@@ -354,3 +354,216 @@ async fn host_rules_of_rfc_9112() {
         "{metrics}"
     );
 }
+
+/// What the backend must have received for a case.
+#[derive(Debug)]
+enum Upstream {
+    /// Nothing at all: the proxy refused the request before choosing an upstream.
+    Nothing,
+    /// Exactly one complete request, with this body, framed one way only.
+    One(&'static [u8]),
+    /// No complete request: the body broke off, and the upstream saw it broken off.
+    Incomplete,
+}
+
+struct Case {
+    name: &'static str,
+    raw: &'static str,
+    /// The client's status; `None`: any error status (see the table in README).
+    status: Option<u16>,
+    upstream: Upstream,
+}
+
+const fn case(
+    name: &'static str,
+    raw: &'static str,
+    status: Option<u16>,
+    upstream: Upstream,
+) -> Case {
+    Case {
+        name,
+        raw,
+        status,
+        upstream,
+    }
+}
+
+/// The shapes of request smuggling (RFC 9112 §6, §11.2) and of malformed heads. The hidden
+/// `GET /smuggled` follows where a proxy that framed the request differently from its
+/// upstream would let it through.
+const CASES: &[Case] = &[
+    case(
+        "duplicate Content-Length, same value",
+        "POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+        Some(200),
+        Upstream::One(b"abc"),
+    ),
+    case(
+        "duplicate Content-Length, different values",
+        "POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 40\r\n\r\nabcGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        Some(400),
+        Upstream::Nothing,
+    ),
+    case(
+        "Content-Length as a list",
+        "POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 40\r\n\r\nabcGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        Some(400),
+        Upstream::Nothing,
+    ),
+    case(
+        "Content-Length with a sign",
+        "POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\nabc",
+        Some(400),
+        Upstream::Nothing,
+    ),
+    case(
+        "Transfer-Encoding: xchunked",
+        "POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        Some(400),
+        Upstream::Nothing,
+    ),
+    case(
+        "Transfer-Encoding: chunked, identity",
+        "POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        Some(400),
+        Upstream::Nothing,
+    ),
+    case(
+        "Transfer-Encoding twice, identity last",
+        "POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        Some(400),
+        Upstream::Nothing,
+    ),
+    case(
+        "Transfer-Encoding with a space before the colon",
+        "POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        Some(400),
+        Upstream::Nothing,
+    ),
+    case(
+        "Transfer-Encoding:  chunked (spaces before the value)",
+        "POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:   chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        Some(200),
+        Upstream::One(b"abc"),
+    ),
+    case(
+        "Transfer-Encoding:<tab>chunked",
+        "POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\tchunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        Some(200),
+        Upstream::One(b"abc"),
+    ),
+    case(
+        "Transfer-Encoding on HTTP/1.0",
+        "POST /t HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        Some(400),
+        Upstream::Nothing,
+    ),
+    case(
+        "obs-fold of Transfer-Encoding",
+        "POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        Some(400),
+        Upstream::Nothing,
+    ),
+    case(
+        "obs-fold of another header",
+        "GET /f HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n",
+        Some(400),
+        Upstream::Nothing,
+    ),
+    case(
+        "chunk size not hex",
+        "POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        None,
+        Upstream::Incomplete,
+    ),
+    case(
+        "chunk size overflowing 64 bits",
+        "POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000003\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        None,
+        Upstream::Incomplete,
+    ),
+    case(
+        "negative chunk size",
+        "POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n-3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        None,
+        Upstream::Incomplete,
+    ),
+    case(
+        "chunk shorter than its size",
+        "POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        None,
+        Upstream::Incomplete,
+    ),
+    case(
+        "bare CR in a header value",
+        "GET /r HTTP/1.1\r\nHost: x\r\nX-A: a\rGET /smuggled HTTP/1.1\r\n\r\n",
+        Some(400),
+        Upstream::Nothing,
+    ),
+    case(
+        "bare CR ending the request line",
+        "GET /r HTTP/1.1\rHost: x\r\n\r\n",
+        Some(400),
+        Upstream::Nothing,
+    ),
+    case(
+        "NUL in a header value",
+        "GET /n HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n",
+        Some(400),
+        Upstream::Nothing,
+    ),
+    case(
+        "NUL in a header name",
+        "GET /n HTTP/1.1\r\nHost: x\r\nX-\0A: b\r\n\r\n",
+        Some(400),
+        Upstream::Nothing,
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_shapes_are_refused_or_reframed() {
+    let (backend, proxy) = setup().await;
+    let mut failures = Vec::new();
+    for c in CASES {
+        let answer = raw_exchange(&proxy, c.raw.as_bytes(), c.status != Some(200)).await;
+        let got = received_before_marker(&proxy, &backend).await;
+        backend.received.lock().unwrap().clear();
+        assert_nothing_smuggled(&got);
+        let status_ok = match c.status {
+            Some(s) => answer.status == s,
+            None => answer.status >= 400,
+        };
+        let complete: Vec<_> = got.iter().filter(|r| r.complete).collect();
+        let upstream_ok = match c.upstream {
+            Upstream::Nothing => got.is_empty(),
+            Upstream::One(body) => {
+                complete.len() == 1
+                    && got.len() == 1
+                    && complete[0].body == body
+                    && (complete[0].headers("transfer-encoding").len()
+                        + complete[0].headers("content-length").len()
+                        == 1)
+            }
+            Upstream::Incomplete => complete.is_empty(),
+        };
+        // After an error the connection is out of step: it must be closed, and nothing else
+        // sent on it may be answered.
+        let closed_ok = c.status == Some(200) || (answer.closed && answer.after.is_empty());
+        println!(
+            "{:<50} client {} {}, upstream got {:?}",
+            c.name,
+            answer.status,
+            if answer.closed { "closed" } else { "open" },
+            got.iter()
+                .map(|r| (r.request_line().to_string(), r.complete, r.body.len()))
+                .collect::<Vec<_>>()
+        );
+        if !(status_ok && upstream_ok && closed_ok) {
+            failures.push(format!(
+                "{}: expected {:?} / {:?}, got {answer:?} and upstream {got:?}",
+                c.name, c.status, c.upstream
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
