@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::guard;
 use crate::ramp::{self, Ramp};
+use crate::typos;
 
 /// Colors used when `COLORS` is unset: the blue/green pair of the classic walkthrough.
 pub const DEFAULT_COLORS: &[&str] = &["blue", "green"];
@@ -94,8 +95,8 @@ pub struct Config {
     pub colors: Vec<Color>,
     /// The canary guard of ramped colors, and the peers it tells of a trip.
     pub guard: guard::Settings,
-    /// `*_WEIGHT` variables that belong to no configured color: worth a warning, since a typo
-    /// (`GREN_WEIGHT`) would otherwise silently leave the default weight in place.
+    /// Variables that look like a mistake (see [`typos`]): a typo (`GREN_WEIGHT`) would
+    /// otherwise silently leave the default weight in place.
     pub warnings: Vec<String>,
 }
 
@@ -554,23 +555,17 @@ impl Config {
                 ));
             }
         }
-        for k in env.keys() {
-            let Some(color) = color_suffixes().find_map(|s| k.strip_suffix(s)) else {
-                continue;
-            };
-            let color = color.to_lowercase();
-            if !names.contains(&color) {
-                warnings.push(format!(
-                    "{k} is set but {color} is not a color (COLORS={}); it is ignored",
-                    names.join(",")
-                ));
-            } else if !configured.contains(color.as_str()) {
-                warnings.push(format!(
-                    "{k} is set but {} is not, so {color} is not configured",
-                    color.to_uppercase()
-                ));
-            }
-        }
+        let settings: Vec<&str> = RESERVED.iter().chain(guard::VARIABLES).copied().collect();
+        let suffixes: Vec<&str> = color_suffixes().collect();
+        warnings.extend(typos::warnings(
+            &env,
+            &typos::Known {
+                colors: &names,
+                configured: &configured,
+                settings: &settings,
+                suffixes: &suffixes,
+            },
+        ));
 
         if !problems.is_empty() {
             return Err(ConfigError(problems));
@@ -1301,7 +1296,95 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
-        assert!(c.warnings.iter().any(|w| w.starts_with("GREN_WEIGHT")));
+        let gren = c.warnings.iter().find(|w| w.starts_with("GREN_WEIGHT"));
+        assert!(
+            gren.is_some_and(|w| w.ends_with("Did you mean GREEN_WEIGHT?")),
+            "{:?}",
+            c.warnings
+        );
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.starts_with("GREEN_WEIGHT is set but GREEN is not")),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
+    fn likely_mistakes_warn() {
+        let c = parse(&[
+            ("COLORS", "blue,green,canary"),
+            ("BLUE", "http://a"),
+            ("GREEN", "http://b"),
+            ("BLEU_PREFIX", "/x"),
+            ("GREEN_WIEGHT", "3"),
+            ("CONECT_TIMEOUT", "2s"),
+            // A color's URL and weight, but the color is not in COLORS.
+            ("EXTRA", "http://c"),
+            ("EXTRA_WEIGHT", "2"),
+        ])
+        .unwrap();
+        let w = &c.warnings;
+        assert_eq!(w.len(), 4, "{w:?}");
+        assert!(
+            w.iter()
+                .any(|w| w.starts_with("BLEU_PREFIX") && w.ends_with("Did you mean BLUE_PREFIX?")),
+            "{w:?}"
+        );
+        assert!(w.iter().any(|w| w.starts_with("GREEN_WIEGHT") && w.ends_with("Did you mean GREEN_WEIGHT?")), "{w:?}");
+        assert!(
+            w.iter()
+                .any(|w| w.starts_with("CONECT_TIMEOUT")
+                    && w.ends_with("Did you mean CONNECT_TIMEOUT?")),
+            "{w:?}"
+        );
+        assert!(w.iter().any(|w| w.starts_with("EXTRA_WEIGHT and EXTRA are set but extra is not in COLORS")), "{w:?}");
+    }
+
+    /// Other software's variables, as found in real environments (a developer's shell, a
+    /// container), are none of colorproxy's business.
+    #[test]
+    fn other_software_s_variables_do_not_warn() {
+        let c = parse(&[
+            ("BLUE", "http://a"),
+            ("GREEN", "http://b"),
+            ("_PYENV_INSTALL_PREFIX", "/root/.pyenv"),
+            ("NPM_CONFIG_PREFIX", "/usr/local"),
+            ("PYTHON_PREFIX", "/usr"),
+            ("CONDA_PREFIX", "/opt/conda"),
+            ("MESON_PREFIX", "/usr"),
+            ("GPU_WEIGHT", "1"),
+            ("NODE_DISCOVERY", "on"),
+            ("HOME", "/root"),
+            ("PATH", "/usr/bin"),
+            ("HOSTNAME", "3f2a9c1d7e4b"),
+            ("TERM", "xterm"),
+            ("COLORTERM", "truecolor"),
+            ("LS_COLORS", "di=01;34"),
+            ("NO_COLOR", "1"),
+            ("LANG", "C.UTF-8"),
+            ("SHELL", "/bin/bash"),
+            ("USER", "root"),
+            ("PWD", "/"),
+            ("OLDPWD", "/"),
+            ("SHLVL", "1"),
+            ("CARGO_HOME", "/usr/local/cargo"),
+            ("RUSTUP_HOME", "/usr/local/rustup"),
+            ("RUST_VERSION", "1.85"),
+            ("RUST_BACKTRACE", "1"),
+            ("DOCKER_HOST", "unix:///var/run/docker.sock"),
+            ("TZ", "UTC"),
+            ("LC_ALL", "C"),
+            ("JAVA_HOME", "/usr/lib/jvm"),
+            ("GOPATH", "/go"),
+            ("http_proxy", "http://proxy:3128"),
+            ("HTTPS_PROXY", "http://proxy:3128"),
+            ("NO_PROXY", "localhost"),
+            ("SSL_CERT_FILE", "/etc/ssl/certs/ca.pem"),
+        ])
+        .unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
     #[test]

@@ -135,7 +135,8 @@ fn serve() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    colorproxy::logging::init(&config);
+    let logs = colorproxy::logging::init(&config);
+    colorproxy::fd_limit::raise_open_files();
     colorproxy::log_config(&config);
     // One CPU (a cpuset, `taskset`): one thread serves everything without work-stealing
     // hand-offs. More: one worker per CPU.
@@ -155,11 +156,13 @@ fn serve() -> ExitCode {
     let result = runtime.block_on(colorproxy::run(config));
     // A blocking DNS lookup still in progress must not hold the exit.
     runtime.shutdown_timeout(Duration::from_secs(1));
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    drop(logs);
+    code
 }

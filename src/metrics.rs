@@ -232,6 +232,11 @@ impl Metrics {
             in_flight.clone(),
         );
         registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because stdout did not keep up",
+            crate::log_writer::dropped_lines(),
+        );
+        registry.register(
             "build",
             "Version and routing configuration hash of this process",
             Info::new(BuildLabels {

@@ -26,6 +26,7 @@ use crate::discovery::{Resolver, Watch};
 use crate::endpoints::{Endpoint, EndpointSet};
 use crate::exchange::{Exchange, Outgoing, RequestBody, ResponseBody};
 use crate::metrics::{ErrorLabels, Metrics};
+use crate::request_checks;
 use crate::upstream::{ErrorKind, UpstreamBody, UpstreamClient, UpstreamError};
 
 /// The body the proxy answers with: the upstream's, streamed, or a short message of its own.
@@ -276,6 +277,10 @@ impl Proxy {
 
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
         let exchange = Exchange::begin(&self.metrics, self.access_log, &req, peer.addr);
+        // Before anything else: the client's fault, so no color is chosen or blamed.
+        if let Err(why) = request_checks::check(&req) {
+            return exchange.respond(rejection(why, req.version()));
+        }
         let route = self.route_for(req.uri().path());
         let mut resp = match route {
             _ if self.targets.is_empty() => text(
@@ -1120,6 +1125,16 @@ async fn tunnel(
         }
         Err(e) => debug!(%color, error = %e, "upgraded connection ended with an error"),
     }
+}
+
+/// The 400 of a request that failed [`request_checks::check`]; an HTTP/1 connection closes after it.
+fn rejection(why: request_checks::Rejection, version: Version) -> Response<Body> {
+    let mut resp = text(StatusCode::BAD_REQUEST, format!("colorproxy: {why}\n"));
+    if request_checks::closes_connection(version) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 fn text(status: StatusCode, body: String) -> Response<Body> {

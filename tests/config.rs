@@ -168,6 +168,18 @@ fn check_warns_about_stray_weights() {
     let (status, _, stderr) = run(&["check"], &[("BLUE", "http://a"), ("GREN_WEIGHT", "2")]);
     assert!(status.success());
     assert!(stderr.contains("warning: GREN_WEIGHT"), "{stderr}");
+    assert!(stderr.contains("Did you mean GREEN_WEIGHT?"), "{stderr}");
+    // Other software's variables in the same environment are not warned about.
+    let (status, _, stderr) = run(
+        &["check"],
+        &[
+            ("BLUE", "http://a"),
+            ("_PYENV_INSTALL_PREFIX", "/root/.pyenv"),
+            ("NPM_CONFIG_PREFIX", "/usr/local"),
+        ],
+    );
+    assert!(status.success());
+    assert!(!stderr.contains("warning"), "{stderr}");
 }
 
 #[test]

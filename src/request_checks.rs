@@ -1,0 +1,137 @@
+//! What a request must satisfy before it is routed anywhere: the `Host` rules of RFC 9112
+//! §3.2. A request that fails them is the client's fault: it gets 400, is counted against no
+//! color, and never reaches an upstream (which might read the host differently from us).
+//!
+//! Framing is hyper's: it answers 400 to a malformed `Content-Length` or a `Transfer-Encoding`
+//! whose last coding is not `chunked`, and a request with both `Content-Length` and
+//! `Transfer-Encoding` is read (and forwarded) as chunked, with its connection closed after the
+//! response (RFC 9112 §6.1), hyper saying `Connection: close`.
+
+use std::fmt;
+
+use hyper::header::{self, HeaderValue};
+use hyper::http::uri::Authority;
+use hyper::{Request, Version};
+
+/// Why a request is refused before routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// An HTTP/1.1 request without `Host`.
+    MissingHost,
+    /// More than one `Host` line: an upstream might pick another one than we did.
+    DuplicateHost,
+    /// A `Host` that is not `host[:port]`.
+    InvalidHost,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Rejection::MissingHost => "an HTTP/1.1 request needs a Host header (RFC 9112 §3.2)",
+            Rejection::DuplicateHost => "a request may have only one Host header (RFC 9112 §3.2)",
+            Rejection::InvalidHost => "the Host header is not a valid host[:port] (RFC 9112 §3.2)",
+        })
+    }
+}
+
+/// Checks the request head. HTTP/2 names the host in `:authority`, and HTTP/1.0 predates
+/// `Host`: both may come without one.
+pub fn check<B>(req: &Request<B>) -> Result<(), Rejection> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if req.version() == Version::HTTP_11 => Err(Rejection::MissingHost),
+        (None, _) => Ok(()),
+        (Some(_), Some(_)) => Err(Rejection::DuplicateHost),
+        (Some(host), None) if valid_host(host) => Ok(()),
+        (Some(_), None) => Err(Rejection::InvalidHost),
+    }
+}
+
+/// `uri-host [":" port]`, or empty (a target without authority, RFC 9112 §3.2); no userinfo.
+fn valid_host(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    if bytes.is_empty() {
+        return true;
+    }
+    if bytes.contains(&b'@') || Authority::try_from(bytes).is_err() {
+        return false;
+    }
+    // Authority leaves the port unchecked: it must be digits.
+    let host_end = match bytes.iter().position(|&b| b == b']') {
+        Some(i) => i + 1,
+        None => bytes
+            .iter()
+            .rposition(|&b| b == b':')
+            .unwrap_or(bytes.len()),
+    };
+    match &bytes[host_end..] {
+        [] => true,
+        [b':', port @ ..] => port.len() <= 5 && port.iter().all(u8::is_ascii_digit),
+        _ => false,
+    }
+}
+
+/// Whether the connection of a rejected request should be closed after the 400: HTTP/1 only
+/// (HTTP/2 has no `Connection` header, and its other streams are not at fault).
+pub fn closes_connection(version: Version) -> bool {
+    version < Version::HTTP_2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(version: Version, hosts: &[&'static str]) -> Request<()> {
+        let mut r = Request::new(());
+        *r.version_mut() = version;
+        for h in hosts {
+            r.headers_mut()
+                .append(header::HOST, HeaderValue::from_static(h));
+        }
+        r
+    }
+
+    #[test]
+    fn host_rules() {
+        use Version as V;
+        assert_eq!(check(&req(V::HTTP_11, &["shop.example"])), Ok(()));
+        assert_eq!(check(&req(V::HTTP_11, &["shop.example:8080"])), Ok(()));
+        assert_eq!(check(&req(V::HTTP_11, &["[::1]:8080"])), Ok(()));
+        assert_eq!(check(&req(V::HTTP_11, &[""])), Ok(()));
+        assert_eq!(check(&req(V::HTTP_11, &[])), Err(Rejection::MissingHost));
+        assert_eq!(check(&req(V::HTTP_10, &[])), Ok(()));
+        assert_eq!(check(&req(V::HTTP_2, &[])), Ok(()));
+        for v in [V::HTTP_10, V::HTTP_11, V::HTTP_2] {
+            assert_eq!(
+                check(&req(v, &["a.example", "b.example"])),
+                Err(Rejection::DuplicateHost)
+            );
+            assert_eq!(
+                check(&req(v, &["a.example", "a.example"])),
+                Err(Rejection::DuplicateHost)
+            );
+        }
+        for bad in [
+            "a b",
+            "user@shop.example",
+            "shop.example/x",
+            "a:b:c",
+            "x:port",
+            "[::1]x",
+            "x:123456",
+        ] {
+            assert_eq!(
+                check(&req(V::HTTP_11, &[bad])),
+                Err(Rejection::InvalidHost),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_http1_connections_close_after_a_rejection() {
+        assert!(closes_connection(Version::HTTP_10));
+        assert!(closes_connection(Version::HTTP_11));
+        assert!(!closes_connection(Version::HTTP_2));
+    }
+}
