@@ -92,7 +92,7 @@ async fn run(addr: std::net::SocketAddr, responder: Arc<Responder>, delay: Durat
         stop,
         || {
             eprintln!(
-                "myapp: stop signal: still serving for {} ms (answers say Connection: close), then no longer accepting",
+                "myapp: stop signal: still serving for {} ms (answers say Connection: close) before the listener closes",
                 delay.as_millis()
             );
         },
