@@ -178,7 +178,7 @@ cpu_pids() { # target
 
 start_upstream() { # name
   local name=$1 log="$work/$1.log"
-  "${prio[@]}" taskset -c "$server_cpu" env -u V2 HOSTNAME="$name" "$bin/myapp" 127.0.0.1:0 >"$log" 2>&1 &
+  "${prio[@]}" taskset -c "$server_cpu" env -u V2 HOSTNAME="$name" SHUTDOWN_DELAY=0 "$bin/myapp" 127.0.0.1:0 >"$log" 2>&1 &
   pids+=("$!")
   local pid=$! addr=
   for _ in $(seq 100); do

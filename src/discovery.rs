@@ -12,6 +12,7 @@ use std::time::Duration;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::Name;
 use tracing::{debug, info, warn};
 
 use crate::config::Discovery;
@@ -74,7 +75,14 @@ impl Resolver {
     }
 
     pub async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, LookupError> {
-        match self.inner.lookup_ip(name).await {
+        // A name given as text goes through IDNA, which refuses `_`; a stack's services are
+        // all named `<stack>_<service>` (tasks.demo_proxy). Docker's DNS answers such names,
+        // so an ASCII name is taken as it is.
+        let found = match Name::from_ascii(name) {
+            Ok(ascii) => self.inner.lookup_ip(ascii).await,
+            Err(_) => self.inner.lookup_ip(name).await,
+        };
+        match found {
             Ok(found) => {
                 let ips: Vec<IpAddr> = found.iter().collect();
                 if ips.is_empty() {

@@ -222,6 +222,23 @@ async fn requests_spread_over_every_task_on_one_keep_alive_client() {
     }
 }
 
+/// A stack's services are named `<stack>_<service>`: the underscore is no obstacle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_service_name_with_an_underscore_is_discovered() {
+    let total = Arc::new(Counter::default());
+    let (tasks, port) = start_tasks(&[2, 3], &total).await;
+    let dns = DnsServer::start().await;
+    dns.set("tasks.demo_proxy", &ips(&tasks));
+    let upstream = format!("http://demo_proxy:{port}");
+    let dns_addr = dns.addr.to_string();
+    let proxy = ProxyProcess::start(&proxy_env(&dns_addr, &[("BLUE", &upstream)]));
+    let client = client();
+    for _ in 0..20 {
+        get_ok(&client, &proxy.url("/")).await;
+    }
+    assert!(tasks.iter().all(|t| t.hits() > 0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_up_and_down_is_followed_within_a_refresh() {
     let total = Arc::new(Counter::default());

@@ -12,13 +12,14 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Bytes, Incoming};
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -28,9 +29,19 @@ use tokio::net::TcpListener;
 /// without any configuration.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 
-/// Upper bound on draining after a shutdown signal: long enough for ordinary
-/// requests, short enough to stay well inside Docker's 10 s stop timeout.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a stop signal leaves the server answering as before (new connections
+/// included) so that clients stop sending here before anything is refused.
+///
+/// Swarm removes a stopping task from its DNS (`tasks.<service>`) and from the
+/// routing mesh only 2 s before it sends SIGTERM, and a proxy that discovers
+/// tasks (colorproxy: every `DNS_REFRESH`, 5 s by default) can still send to
+/// it for up to 3 s after the signal. A task that closed its listener at the
+/// signal refused those requests: 5 s outlasts that window with room to spare.
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
+
+/// Upper bound on draining in-flight requests once the listener is closed.
+/// With the default delay, 9 s in all: inside Docker's 10 s stop timeout.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
 /// Pause after a failed `accept` so that persistent errors such as EMFILE
 /// don't turn the accept loop into a busy spin.
@@ -51,11 +62,14 @@ Options:
 
 Environment:
   LISTEN       listen address used when no argument is given
+  SHUTDOWN_DELAY  how long a stop signal leaves it serving, e.g. 5s, 500ms or
+               0 (default: 5s)
   V2           when non-empty, answer with an HTML page instead of plain text
   HOSTNAME     name to report (default: /etc/hostname, else unknown-host)
 
-SIGTERM or SIGINT stops accepting connections, lets in-flight requests finish
-(for at most 5 s) and exits 0.
+SIGTERM or SIGINT: it keeps serving for SHUTDOWN_DELAY (every answer then
+says Connection: close, so keep-alive clients move on), then stops accepting
+connections, lets in-flight requests finish (for at most 4 s) and exits 0.
 ";
 
 /// The header colorproxy sets on every request it forwards.
@@ -127,6 +141,29 @@ fn parse_addr(value: &str, source: &str) -> Result<SocketAddr, UsageError> {
             "invalid listen address {value:?} from {source}: {e} (expected HOST:PORT, e.g. 0.0.0.0:8080)"
         ))
     })
+}
+
+/// Reads `SHUTDOWN_DELAY`: whole seconds or milliseconds with their unit
+/// (`5s`, `500ms`), or `0`; unset or empty means the default.
+pub fn parse_shutdown_delay(value: Option<String>) -> Result<Duration, UsageError> {
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        return Ok(DEFAULT_SHUTDOWN_DELAY);
+    };
+    let (digits, unit): (&str, fn(u64) -> Duration) = if let Some(n) = value.strip_suffix("ms") {
+        (n, Duration::from_millis)
+    } else if let Some(n) = value.strip_suffix('s') {
+        (n, Duration::from_secs)
+    } else if value == "0" {
+        ("0", Duration::from_secs)
+    } else {
+        ("", Duration::from_secs)
+    };
+    match digits.parse::<u64>() {
+        Ok(n) if digits.bytes().all(|b| b.is_ascii_digit()) => Ok(unit(n)),
+        _ => Err(UsageError(format!(
+            "invalid SHUTDOWN_DELAY {value:?} from the environment (expected a duration such as 5s, 500ms or 0)"
+        ))),
+    }
 }
 
 /// Picks the name to report. `HOSTNAME` wins because Swarm templates can set
@@ -310,16 +347,31 @@ pub enum Drain {
     TimedOut,
 }
 
-/// Serves until `shutdown` resolves, then stops accepting and drains
-/// connections for at most `grace`.
+/// What happens after the stop signal.
+#[derive(Debug, Clone, Copy)]
+pub struct Stop {
+    /// Serving as before, new connections included, but every HTTP/1 answer
+    /// carries `Connection: close` (see `DEFAULT_SHUTDOWN_DELAY`).
+    pub delay: Duration,
+    /// Then, with the listener closed, the most in-flight requests may take.
+    pub grace: Duration,
+}
+
+/// Serves until `shutdown` resolves and for `stop.delay` after, then stops
+/// accepting and drains connections for at most `stop.grace`.
 ///
-/// `on_stop_accepting` runs once the listener is closed; it lets the caller
-/// report the moment new connections start being refused.
+/// Closing an idle keep-alive connection races a client that is sending on it
+/// at that moment, so during the delay connections are ended by the server's
+/// own `Connection: close` after an answer instead; only those still idle at
+/// the end of the delay (clients that had already moved on) are closed.
+/// `on_signal` runs when the signal arrives and `on_stop_accepting` once the
+/// listener is closed, so the caller can report both moments.
 pub async fn serve(
     listener: TcpListener,
     responder: Arc<Responder>,
     shutdown: impl Future<Output = ()>,
-    grace: Duration,
+    stop: Stop,
+    on_signal: impl FnOnce(),
     on_stop_accepting: impl FnOnce(),
 ) -> Drain {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -329,12 +381,24 @@ pub async fn serve(
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let closing = Arc::new(AtomicBool::new(false));
+    let mut on_signal = Some(on_signal);
+    let mut stop_at: Option<tokio::time::Instant> = None;
 
     loop {
         let (stream, peer) = tokio::select! {
             // Checked first so a busy listener cannot starve the signal.
             biased;
-            () = &mut shutdown => break,
+            () = &mut shutdown, if stop_at.is_none() => {
+                closing.store(true, Ordering::Relaxed);
+                stop_at = Some(tokio::time::Instant::now() + stop.delay);
+                if let Some(report) = on_signal.take() {
+                    report();
+                }
+                continue;
+            }
+            () = tokio::time::sleep_until(stop_at.unwrap_or_else(tokio::time::Instant::now)),
+                if stop_at.is_some() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -350,8 +414,14 @@ pub async fn serve(
             eprintln!("myapp: {peer}: cannot set TCP_NODELAY: {e}");
         }
         let responder = Arc::clone(&responder);
+        let closing = Arc::clone(&closing);
         let service = service_fn(move |req: Request<Incoming>| {
-            let resp = responder.respond(&req);
+            let mut resp = responder.respond(&req);
+            // HTTP/2 has no Connection header; its clients reconnect on GOAWAY.
+            if closing.load(Ordering::Relaxed) && req.version() <= Version::HTTP_11 {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             async move {
                 if !req.body().is_end_stream() {
                     discard_body(req.into_body()).await;
@@ -372,7 +442,7 @@ pub async fn serve(
 
     drop(listener);
     on_stop_accepting();
-    match tokio::time::timeout(grace, graceful.shutdown()).await {
+    match tokio::time::timeout(stop.grace, graceful.shutdown()).await {
         Ok(()) => Drain::Complete,
         Err(_) => Drain::TimedOut,
     }
@@ -418,6 +488,20 @@ mod tests {
         assert_eq!(cmd(&["127.0.0.1:1", "-h"], None), Ok(Command::Help));
         assert!(cmd(&["--verbose"], None).is_err());
         assert!(cmd(&["127.0.0.1:1", "127.0.0.1:2"], None).is_err());
+    }
+
+    #[test]
+    fn shutdown_delay() {
+        let parse = |v: Option<&str>| parse_shutdown_delay(v.map(str::to_owned));
+        assert_eq!(parse(None), Ok(DEFAULT_SHUTDOWN_DELAY));
+        assert_eq!(parse(Some("")), Ok(DEFAULT_SHUTDOWN_DELAY));
+        assert_eq!(parse(Some("0")), Ok(Duration::ZERO));
+        assert_eq!(parse(Some("7s")), Ok(Duration::from_secs(7)));
+        assert_eq!(parse(Some("250ms")), Ok(Duration::from_millis(250)));
+        for bad in ["5", "s", "-1s", "+1s", "1.5s", "1m", "ms"] {
+            let err = parse(Some(bad)).unwrap_err().to_string();
+            assert!(err.contains("SHUTDOWN_DELAY") && err.contains(bad), "{err}");
+        }
     }
 
     #[test]

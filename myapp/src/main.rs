@@ -6,8 +6,9 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
-use myapp::{Command, Drain, Responder, SHUTDOWN_GRACE, Style, USAGE};
+use myapp::{Command, Drain, Responder, SHUTDOWN_GRACE, Stop, Style, USAGE};
 use tokio::net::TcpListener;
 
 fn main() -> ExitCode {
@@ -25,6 +26,13 @@ fn main() -> ExitCode {
         }
     };
 
+    let delay = match myapp::parse_shutdown_delay(std::env::var_os("SHUTDOWN_DELAY").map(lossy)) {
+        Ok(delay) => delay,
+        Err(e) => {
+            eprintln!("myapp: {e}\nTry 'myapp --help' for more information.");
+            return ExitCode::from(2);
+        }
+    };
     let style = match std::env::var_os("V2") {
         Some(v) if !v.is_empty() => Style::Html,
         _ => Style::Text,
@@ -44,10 +52,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(addr, responder))
+    runtime.block_on(run(addr, responder, delay))
 }
 
-async fn run(addr: std::net::SocketAddr, responder: Arc<Responder>) -> ExitCode {
+async fn run(addr: std::net::SocketAddr, responder: Arc<Responder>, delay: Duration) -> ExitCode {
     // Registered before announcing readiness, so a signal sent as soon as the
     // "listening" line appears is never lost to the default handler.
     let shutdown = match shutdown_signal() {
@@ -73,9 +81,23 @@ async fn run(addr: std::net::SocketAddr, responder: Arc<Responder>) -> ExitCode 
     }
     drop(stdout);
 
-    let drain = myapp::serve(listener, responder, shutdown, SHUTDOWN_GRACE, || {
-        eprintln!("myapp: shutting down, no longer accepting connections");
-    })
+    let stop = Stop {
+        delay,
+        grace: SHUTDOWN_GRACE,
+    };
+    let drain = myapp::serve(
+        listener,
+        responder,
+        shutdown,
+        stop,
+        || {
+            eprintln!(
+                "myapp: stop signal: still serving for {} ms (answers say Connection: close) before the listener closes",
+                delay.as_millis()
+            );
+        },
+        || eprintln!("myapp: shutting down, no longer accepting connections"),
+    )
     .await;
     if drain == Drain::TimedOut {
         eprintln!(

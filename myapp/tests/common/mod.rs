@@ -29,6 +29,7 @@ pub fn myapp_command(args: &[&str], envs: &[(&str, &str)]) -> Command {
         .env_remove("LISTEN")
         .env_remove("V2")
         .env_remove("HOSTNAME")
+        .env_remove("SHUTDOWN_DELAY")
         .envs(envs.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
