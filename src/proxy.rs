@@ -666,6 +666,33 @@ impl Proxy {
             .inc();
     }
 
+    /// The answer when the upstream's response failed after its head arrived.
+    fn failed_response(
+        &self,
+        target: &Target,
+        endpoint: &Endpoint,
+        e: UpstreamError,
+    ) -> Response<Body> {
+        self.count_upstream_error(target, &e);
+        if e.kind == ErrorKind::Reset {
+            endpoint.record_failure();
+        }
+        warn!(
+            color = target.name,
+            endpoint = %endpoint.authority,
+            kind = %e.kind.as_str(),
+            cause = %e.cause,
+            "upstream response failed"
+        );
+        text(
+            e.kind.status(),
+            format!(
+                "colorproxy: upstream {} ({}) failed: {e}\n",
+                target.name, target.color.upstream.url
+            ),
+        )
+    }
+
     /// The answer to a client that broke its own request. `Connection: close`, since after a
     /// broken or abandoned body the connection's framing cannot be trusted.
     fn client_fault(&self, fault: &ClientFault, parts: &Parts) -> Response<Body> {
@@ -735,6 +762,17 @@ impl Proxy {
             let (parts, _) = resp.into_parts();
             return Response::from_parts(parts, Either::Right(Full::default()));
         }
+        // RFC 9112 §6.3: a response with both is a framing attack or a broken upstream; either
+        // way its body cannot be passed on with one meaning. Its connection closes with it.
+        if resp.headers().contains_key(header::CONTENT_LENGTH)
+            && resp.headers().contains_key(header::TRANSFER_ENCODING)
+        {
+            let e = UpstreamError::new(
+                ErrorKind::Reset,
+                "the response has both Content-Length and Transfer-Encoding".into(),
+            );
+            return self.failed_response(target, endpoint, e);
+        }
         strip_hop_by_hop(resp.headers_mut());
         let (parts, body) = resp.into_parts();
         let read = buffering::read_response(
@@ -771,24 +809,7 @@ impl Proxy {
                         ),
                     },
                 );
-                self.count_upstream_error(target, &e);
-                if e.kind == ErrorKind::Reset {
-                    endpoint.record_failure();
-                }
-                warn!(
-                    color = target.name,
-                    endpoint = %endpoint.authority,
-                    kind = %e.kind.as_str(),
-                    cause = %e.cause,
-                    "upstream response failed"
-                );
-                return text(
-                    e.kind.status(),
-                    format!(
-                        "colorproxy: upstream {} ({}) failed: {e}\n",
-                        target.name, target.color.upstream.url
-                    ),
-                );
+                return self.failed_response(target, endpoint, e);
             }
         };
         Response::from_parts(parts, Either::Left(body))

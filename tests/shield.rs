@@ -439,3 +439,11 @@ async fn a_post_goes_to_another_endpoint_after_refused_connects() {
     }
     assert!(live.accepted() >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_answer_with_both_length_and_chunked_gets_502() {
+    bad_answers_get_502_and_the_connection_is_not_reused(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+}
