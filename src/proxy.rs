@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
@@ -392,9 +393,16 @@ impl Proxy {
         let (color, up) = if self.targets[picked].is_up() {
             (picked, true)
         } else {
-            // Failover only ever picks a color that is up.
-            self.failover(route, picked)
-                .map_or((picked, false), |other| (other, true))
+            // Failover only ever picks a color that is up. The color still failed this
+            // request: the canary guard must see a canary whose every endpoint is ejected.
+            match self.failover(route, picked) {
+                Some(other) => {
+                    self.metrics
+                        .outcome(picked, StatusCode::BAD_GATEWAY.as_u16(), Duration::ZERO);
+                    (other, true)
+                }
+                None => (picked, false),
+            }
         };
         Choice {
             color,

@@ -664,3 +664,29 @@ async fn sticky_clients_only_move_to_the_canary_as_it_ramps() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_refuses_every_connection_trips_though_retries_save_its_requests() {
+    let (blue, _) = backend("blue", 200, Duration::ZERO).await;
+    let dead = dead_address().await;
+    let mut env = vec![("BLUE".to_string(), blue.url())];
+    env.extend(
+        ramped_env(&blue, &blue, &[])
+            .into_iter()
+            .filter(|(k, _)| k != "BLUE" && k != "GREEN"),
+    );
+    env.push(("GREEN".to_string(), dead));
+    let mut p = start(&env);
+    let client = client();
+    let config = p.admin_url("/config");
+    let mut sent = 0;
+    while green(&client, &config).await["guard"]["state"] != "tripped" {
+        // Every request is answered: the refused ones went on to blue.
+        let r = get(&client, &p.url("/")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        sent += 1;
+        assert!(sent < 1000, "no trip after {sent} requests");
+    }
+    let g = green(&client, &config).await;
+    assert_eq!(g["guard"]["rule"], "consecutive errors", "{g:#}");
+}
