@@ -138,10 +138,10 @@ pub struct Proxy {
     budget: Arc<Budget>,
     request_buffer: u64,
     response_buffer: u64,
-    body_timeout: std::time::Duration,
-    request_timeout: std::time::Duration,
+    body_timeout: Duration,
+    request_timeout: Duration,
     /// Attempts that never reached an upstream go on elsewhere within this time.
-    retry_window: std::time::Duration,
+    retry_window: Duration,
 }
 
 impl Proxy {
@@ -276,7 +276,7 @@ impl Proxy {
         }
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+    pub async fn handle(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
         let exchange = Exchange::begin(&self.metrics, self.access_log, &req, peer.addr);
         // Before anything else: the client's fault, so no color is chosen or blamed.
         if let Err(why) = request_checks::check(&req) {
@@ -305,7 +305,6 @@ impl Proxy {
                 format!("colorproxy: no route for {}\n", req.uri().path()),
             ),
             Some(route) => {
-                let mut req = req;
                 let upgrade = upgrade_protocol(&req);
                 let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
                 let (parts, body) = req.into_parts();
