@@ -197,8 +197,6 @@ pub enum ResponseFailure<E> {
 pub struct ResponseAhead<E> {
     frames: VecDeque<Frame<Bytes>>,
     pump: Option<Pump<E>>,
-    /// Exact size, when the upstream said it.
-    remaining: Option<u64>,
     _held: Reservation,
 }
 
@@ -263,7 +261,6 @@ where
             Ok(ResponseRead::Ahead(ResponseAhead {
                 frames,
                 pump: None,
-                remaining: Some(0),
                 _held: held,
             }))
         }
@@ -285,7 +282,6 @@ where
                     window,
                     window_size,
                 }),
-                remaining: exact,
                 _held: held,
             }))
         }
@@ -341,7 +337,7 @@ impl<E> Body for ResponseAhead<E> {
     ) -> Poll<Option<Result<Frame<Bytes>, E>>> {
         let this = self.get_mut();
         if let Some(frame) = this.frames.pop_front() {
-            return Poll::Ready(Some(Ok(this.sent(frame))));
+            return Poll::Ready(Some(Ok(frame)));
         }
         let Some(pump) = this.pump.as_mut() else {
             return Poll::Ready(None);
@@ -352,7 +348,7 @@ impl<E> Body for ResponseAhead<E> {
                     let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
                     pump.window.add_permits(n.min(pump.window_size) as usize);
                 }
-                Poll::Ready(Some(Ok(this.sent(frame))))
+                Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
                 this.pump = None;
@@ -370,34 +366,22 @@ impl<E> Body for ResponseAhead<E> {
         self.frames.is_empty() && self.pump.is_none()
     }
 
+    /// The frames at hand; a pumped body's length is in the upstream's `Content-Length`,
+    /// which goes to the client as it is.
     fn size_hint(&self) -> SizeHint {
-        match self.remaining {
-            Some(n) if self.pump.is_some() => SizeHint::with_exact(n),
-            _ => {
-                let n: u64 = self
-                    .frames
-                    .iter()
-                    .filter_map(Frame::data_ref)
-                    .map(|d| d.len() as u64)
-                    .sum();
-                if self.pump.is_some() {
-                    let mut hint = SizeHint::new();
-                    hint.set_lower(n);
-                    hint
-                } else {
-                    SizeHint::with_exact(n)
-                }
-            }
+        let n: u64 = self
+            .frames
+            .iter()
+            .filter_map(Frame::data_ref)
+            .map(|d| d.len() as u64)
+            .sum();
+        if self.pump.is_some() {
+            let mut hint = SizeHint::new();
+            hint.set_lower(n);
+            hint
+        } else {
+            SizeHint::with_exact(n)
         }
-    }
-}
-
-impl<E> ResponseAhead<E> {
-    fn sent(&mut self, frame: Frame<Bytes>) -> Frame<Bytes> {
-        if let (Some(n), Some(data)) = (self.remaining.as_mut(), frame.data_ref()) {
-            *n = n.saturating_sub(data.len() as u64);
-        }
-        frame
     }
 }
 
