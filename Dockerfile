@@ -28,10 +28,13 @@ COPY src src
 RUN touch src/main.rs src/lib.rs \
  && cargo build --release --locked --target "$TARGET" -p colorproxy \
  && cp "target/$TARGET/release/colorproxy" /colorproxy \
- && /colorproxy version | grep "^colorproxy "
+ && /colorproxy version | grep "^colorproxy " \
+ && mkdir -p /rootfs/tmp && chmod 1777 /rootfs/tmp
 
 FROM scratch
 COPY --from=build /colorproxy /colorproxy
+# /tmp, writable by the user: RESPONSE_SPILL keeps slow clients' responses there.
+COPY --from=build /rootfs/ /
 USER 65534:65534
 # 8080: the proxy (LISTEN). 9901: the admin endpoints (ADMIN_LISTEN); do not publish it.
 EXPOSE 8080 9901

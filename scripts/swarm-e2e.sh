@@ -180,17 +180,20 @@ echo "single-node swarm, advertise address $addr (eth0)"
 step_done
 
 # ---------------------------------------------------------------------------------------------
-# The images: the final stage of each repository Dockerfile, verbatim, except that its one
-# `COPY --from=build /X /X` copies the binary CI built from the context instead.
+# The images: the final stage of each repository Dockerfile, verbatim, except that its
+# `COPY --from=build /X /X` copies the binary CI built from the context instead, and a
+# `COPY --from=build /rootfs/ /` (the image's writable /tmp) copies a rootfs made here.
 step "build the images FROM scratch, as in the two Dockerfiles"
 final_stage() { # dockerfile binary
-  local df=$1 b=$2 stage
+  local df=$1 b=$2 stage copies=1
   [ "$(grep -E '^FROM ' "$df" | tail -n1)" = "FROM scratch" ] || die "$df: its last stage is not FROM scratch"
   stage=$(awk '/^FROM /{buf=""} {buf = buf $0 "\n"} END {printf "%s", buf}' "$df")
   grep -qx "COPY --from=build /$b /$b" <<<"$stage" ||
     die "$df: the final stage has no 'COPY --from=build /$b /$b' line: update this script"
-  [ "$(grep -c -- '--from=' <<<"$stage")" -eq 1 ] ||
-    die "$df: the final stage copies more than /$b from the build stage: update this script"
+  grep -qx "COPY --from=build /rootfs/ /" <<<"$stage" && copies=2
+  [ "$(grep -c -- '--from=' <<<"$stage")" -eq "$copies" ] ||
+    die "$df: the final stage copies more than /$b and /rootfs/ from the build stage: update this script"
+  stage=${stage/"COPY --from=build /rootfs/ /"/"COPY rootfs/ /"}
   printf '%s\n' "${stage/"COPY --from=build /$b /$b"/"COPY $b /$b"}"
 }
 # The value of an instruction of the final stage, continuation lines joined.
@@ -223,6 +226,7 @@ for pair in colorproxy:Dockerfile myapp:myapp/Dockerfile; do
   ctx=$work/images/$b
   mkdir -p "$ctx"
   cp "$bin/$b" "$ctx/$b"
+  mkdir -p "$ctx/rootfs/tmp" && chmod 755 "$ctx/rootfs" && chmod 1777 "$ctx/rootfs/tmp"
   final_stage "$df" "$b" >"$ctx/Dockerfile"
   DOCKER_BUILDKIT=0 docker build -q -t "$b:latest" "$ctx" >/dev/null
   check_image "$b:latest" "$df" "$b"
@@ -374,6 +378,10 @@ answer=$(curl -fsS -m 5 "http://127.0.0.1:$port/")
 echo "curl 127.0.0.1:$port: $answer"
 [[ $answer =~ ^blue\ ([0-9a-f]{12})$ ]] || die "expected 'blue <task hostname>', got '$answer'"
 [ "${BASH_REMATCH[1]}" = "$(containers myapp-v1)" ] || die "answered by ${BASH_REMATCH[1]}, not myapp-v1's task $(containers myapp-v1)"
+# The image's /tmp takes the files of RESPONSE_SPILL (the proxy says so at startup if not).
+docker service logs proxy >"$work/proxy-start.log" 2>&1 || true
+grep -qF "listening on" "$work/proxy-start.log" || die "no startup lines in the proxy's logs: $(cat "$work/proxy-start.log")"
+! grep -F "TMPDIR takes no files" "$work/proxy-start.log" || die "the image's /tmp takes no files for user 65534"
 step_done 1 0 0
 
 step "walkthrough: scale myapp-v1=4 proxy=2; all four tasks answer"

@@ -6,13 +6,13 @@
 //! - A response body up to RESPONSE_BUFFER is read from the upstream ahead of the client
 //!   (nginx's `proxy_buffering`), so the upstream connection is free as soon as its response is.
 //!
-//! Every buffered byte is reserved from one process-wide [`Budget`]: past it, bodies stream as
-//! they come (and are counted), so a flood of uploads cannot exhaust memory.
+//! Every buffered byte is reserved from one process-wide [`Budget`], so a flood of uploads
+//! cannot exhaust memory: past it, request bodies stream as they come (and are counted), and
+//! response bodies go to disk ([`crate::spill`]) while that has room.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,66 +22,8 @@ use hyper::header::HeaderMap;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::blame::ClientFault;
-
-/// The process-wide cap on buffered body bytes: 128 full 1 MiB bodies at once.
-pub const BUDGET: u64 = 128 << 20;
-
-/// Buffered bytes in use, against a cap.
-pub struct Budget {
-    cap: u64,
-    used: AtomicU64,
-}
-
-impl Budget {
-    pub fn new(cap: u64) -> Arc<Budget> {
-        Arc::new(Budget {
-            cap,
-            used: AtomicU64::new(0),
-        })
-    }
-
-    pub fn used(&self) -> u64 {
-        self.used.load(Ordering::Relaxed)
-    }
-
-    fn take(&self, n: u64) -> bool {
-        self.used
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                used.checked_add(n).filter(|&u| u <= self.cap)
-            })
-            .is_ok()
-    }
-}
-
-/// Bytes held from the budget until dropped.
-pub struct Reservation {
-    budget: Arc<Budget>,
-    bytes: u64,
-}
-
-impl Reservation {
-    pub fn new(budget: &Arc<Budget>) -> Reservation {
-        Reservation {
-            budget: budget.clone(),
-            bytes: 0,
-        }
-    }
-
-    /// Holds `n` more bytes; false (and nothing held) when the budget has no room.
-    pub fn grow(&mut self, n: u64) -> bool {
-        let ok = self.budget.take(n);
-        if ok {
-            self.bytes += n;
-        }
-        ok
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.bytes, Ordering::Relaxed);
-    }
-}
+use crate::budget::{Budget, Reservation};
+use crate::spill::{Spill, Spilled};
 
 /// A request body read whole: sent again as it is for every attempt.
 pub struct Buffered {
@@ -215,23 +157,27 @@ pub enum ResponseRead<B: Body> {
         overflowed: bool,
     },
     Ahead(ResponseAhead<B::Error>),
+    /// Read ahead to disk (see [`crate::spill`]).
+    Spilled(Spilled),
 }
 
 /// Reads a response body ahead of the client. A body of known size within `limit` is read
 /// whole here, before the client sees the head, so the upstream connection is free at once
 /// and a body that breaks becomes a clean error instead of a truncated response. Any other
-/// body is read by a pump task, up to `limit` bytes ahead of the client, so that it still
-/// streams (server-sent events, long downloads). `stall` bounds the wait for each frame of a
-/// body read whole.
+/// body, and one the memory budget has no room for, is read by a task of its own: to disk
+/// when `spill` is there and has room, else up to `limit` bytes ahead in memory. Either way
+/// it still streams (server-sent events, long downloads). `stall` bounds the wait for each
+/// frame of a body read whole.
 pub async fn read_response<B>(
     mut body: B,
     limit: u64,
     stall: Duration,
     budget: &Arc<Budget>,
+    spill: Option<&Arc<Spill>>,
 ) -> Result<ResponseRead<B>, ResponseFailure<B::Error>>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
     if limit == 0 || body.is_end_stream() {
         return Ok(ResponseRead::Stream {
@@ -241,51 +187,50 @@ where
     }
     let exact = body.size_hint().exact();
     let mut held = Reservation::new(budget);
-    match exact {
-        Some(n) if n <= limit => {
-            if !held.grow(n) {
-                return Ok(ResponseRead::Stream {
-                    body,
-                    overflowed: true,
-                });
+    if let Some(n) = exact
+        && n <= limit
+        && held.grow(n)
+    {
+        let mut frames = VecDeque::new();
+        loop {
+            match tokio::time::timeout(stall, body.frame()).await {
+                Err(_) => return Err(ResponseFailure::Stalled(stall)),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(ResponseFailure::Broken(e)),
+                Ok(Some(Ok(frame))) => frames.push_back(frame),
             }
-            let mut frames = VecDeque::new();
-            loop {
-                match tokio::time::timeout(stall, body.frame()).await {
-                    Err(_) => return Err(ResponseFailure::Stalled(stall)),
-                    Ok(None) => break,
-                    Ok(Some(Err(e))) => return Err(ResponseFailure::Broken(e)),
-                    Ok(Some(Ok(frame))) => frames.push_back(frame),
-                }
-            }
-            Ok(ResponseRead::Ahead(ResponseAhead {
-                frames,
-                pump: None,
-                _held: held,
-            }))
         }
-        _ => {
-            if !held.grow(limit) {
-                return Ok(ResponseRead::Stream {
-                    body,
-                    overflowed: true,
-                });
-            }
-            let window_size = u32::try_from(limit).unwrap_or(u32::MAX);
-            let window = Arc::new(Semaphore::new(window_size as usize));
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(pump(body, tx, window.clone(), window_size));
-            Ok(ResponseRead::Ahead(ResponseAhead {
-                frames: VecDeque::new(),
-                pump: Some(Pump {
-                    rx,
-                    window,
-                    window_size,
-                }),
-                _held: held,
-            }))
+        return Ok(ResponseRead::Ahead(ResponseAhead {
+            frames,
+            pump: None,
+            _held: held,
+        }));
+    }
+    if let Some(spill) = spill {
+        match spill.start(body, exact) {
+            Ok(spilled) => return Ok(ResponseRead::Spilled(spilled)),
+            Err(given_back) => body = given_back,
         }
     }
+    if exact.is_some_and(|n| n <= limit) || !held.grow(limit) {
+        return Ok(ResponseRead::Stream {
+            body,
+            overflowed: true,
+        });
+    }
+    let window_size = u32::try_from(limit).unwrap_or(u32::MAX);
+    let window = Arc::new(Semaphore::new(window_size as usize));
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(pump(body, tx, window.clone(), window_size));
+    Ok(ResponseRead::Ahead(ResponseAhead {
+        frames: VecDeque::new(),
+        pump: Some(Pump {
+            rx,
+            window,
+            window_size,
+        }),
+        _held: held,
+    }))
 }
 
 /// Reads the upstream body while the window has room; ends when the body does, or when the
@@ -382,25 +327,5 @@ impl<E> Body for ResponseAhead<E> {
         } else {
             SizeHint::with_exact(n)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_budget_refuses_past_its_cap_and_frees_on_drop() {
-        let budget = Budget::new(100);
-        let mut a = Reservation::new(&budget);
-        assert!(a.grow(60));
-        let mut b = Reservation::new(&budget);
-        assert!(!b.grow(41));
-        assert!(b.grow(40));
-        assert_eq!(budget.used(), 100);
-        drop(a);
-        assert_eq!(budget.used(), 40);
-        drop(b);
-        assert_eq!(budget.used(), 0);
     }
 }

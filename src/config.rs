@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use hyper::http::uri::{Authority, Uri};
@@ -34,6 +35,9 @@ pub const DEFAULT_REQUEST_BUFFER: u64 = 1 << 20;
 pub const DEFAULT_RESPONSE_BUFFER: u64 = 1 << 20;
 /// nginx's `client_body_timeout` is 60 s between reads; a whole buffered body in 30 s is
 /// 35 KB/s for 1 MiB, slower than any real client.
+/// nginx's `proxy_max_temp_file_size` per response; here for all responses at once.
+pub const DEFAULT_RESPONSE_SPILL: u64 = 1 << 30;
+pub const DEFAULT_SPILL_DIR: &str = "/tmp";
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Per-color variables are the color's name plus one of these.
@@ -52,6 +56,8 @@ const RESERVED: &[&str] = &[
     "DRAIN_TIMEOUT",
     "REQUEST_BUFFER",
     "RESPONSE_BUFFER",
+    "RESPONSE_SPILL",
+    "TMPDIR",
     "BODY_TIMEOUT",
     "LOG_FORMAT",
     "RUST_LOG",
@@ -75,6 +81,10 @@ pub struct Config {
     pub request_buffer: u64,
     /// Bytes of a response body read from the upstream ahead of the client; 0 streams.
     pub response_buffer: u64,
+    /// Bytes of response bodies kept on disk for slow clients, all responses together; 0 off.
+    pub response_spill: u64,
+    /// Where those bytes go (`TMPDIR`).
+    pub spill_dir: PathBuf,
     /// Time for the buffered part of a request body to arrive.
     pub body_timeout: Duration,
     pub log_format: LogFormat,
@@ -221,6 +231,8 @@ struct Settings {
     drain_timeout: Option<String>,
     request_buffer: Option<String>,
     response_buffer: Option<String>,
+    response_spill: Option<String>,
+    tmpdir: Option<String>,
     body_timeout: Option<String>,
     log_format: Option<String>,
     rust_log: Option<String>,
@@ -339,6 +351,25 @@ impl Config {
             DEFAULT_RESPONSE_BUFFER,
             &mut problems,
         );
+        let response_spill = size_up_to(
+            "RESPONSE_SPILL",
+            &settings.response_spill,
+            DEFAULT_RESPONSE_SPILL,
+            (MAX_SPILL, "1TiB"),
+            &mut problems,
+        );
+        let spill_dir = match settings.tmpdir.as_deref().map(str::trim) {
+            None | Some("") => PathBuf::from(DEFAULT_SPILL_DIR),
+            Some(dir) if Path::new(dir).is_absolute() => PathBuf::from(dir),
+            Some(dir) => {
+                problems.push(problem(
+                    "TMPDIR",
+                    dir,
+                    "expected an absolute path such as /tmp",
+                ));
+                PathBuf::from(DEFAULT_SPILL_DIR)
+            }
+        };
         let body_timeout = duration(
             "BODY_TIMEOUT",
             &settings.body_timeout,
@@ -577,6 +608,8 @@ impl Config {
             drain_timeout,
             request_buffer,
             response_buffer,
+            response_spill,
+            spill_dir,
             body_timeout,
             log_format,
             log_filter,
@@ -713,6 +746,8 @@ impl Config {
             "drain_timeout": d(self.drain_timeout),
             "request_buffer": self.request_buffer,
             "response_buffer": self.response_buffer,
+            "response_spill": self.response_spill,
+            "spill_dir": self.spill_dir.display().to_string(),
             "body_timeout": d(self.body_timeout),
             "access_log": self.access_log,
             "response_headers": self.response_headers,
@@ -952,12 +987,25 @@ fn duration(
 /// Beyond this, one body alone could hold a large part of the process-wide buffer budget.
 const MAX_BUFFER: u64 = 64 << 20;
 
+/// Disk is cheaper than memory, but a proxy should not fill it unasked.
+const MAX_SPILL: u64 = 1 << 40;
+
 fn size(var: &str, value: &Option<String>, default: u64, problems: &mut Vec<Problem>) -> u64 {
+    size_up_to(var, value, default, (MAX_BUFFER, "64MiB"), problems)
+}
+
+fn size_up_to(
+    var: &str,
+    value: &Option<String>,
+    default: u64,
+    max: (u64, &str),
+    problems: &mut Vec<Problem>,
+) -> u64 {
     let Some(v) = value else { return default };
     match v.trim().parse::<bytesize::ByteSize>() {
-        Ok(b) if b.as_u64() <= MAX_BUFFER => b.as_u64(),
+        Ok(b) if b.as_u64() <= max.0 => b.as_u64(),
         Ok(_) => {
-            problems.push(problem(var, v, "expected at most 64MiB"));
+            problems.push(problem(var, v, &format!("expected at most {}", max.1)));
             default
         }
         Err(e) => {
@@ -1188,6 +1236,30 @@ mod tests {
         ]);
         let vars: Vec<&str> = p.iter().map(|p| p.var.as_str()).collect();
         assert_eq!(vars, ["REQUEST_BUFFER", "RESPONSE_BUFFER", "BODY_TIMEOUT"]);
+    }
+
+    #[test]
+    fn the_disk_for_slow_clients_defaults_to_1gib_in_tmp() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.response_spill, 1 << 30);
+        assert_eq!(c.spill_dir, PathBuf::from("/tmp"));
+        let c = parse(&[("RESPONSE_SPILL", "0"), ("TMPDIR", "/var/cache/proxy")]).unwrap();
+        assert_eq!(c.response_spill, 0);
+        assert_eq!(c.spill_dir, PathBuf::from("/var/cache/proxy"));
+        let c = parse(&[("RESPONSE_SPILL", "20GiB")]).unwrap();
+        assert_eq!(c.response_spill, 20 << 30);
+        let p = problems(&[("RESPONSE_SPILL", "2TiB"), ("TMPDIR", "tmp")]);
+        let got: Vec<_> = p
+            .iter()
+            .map(|p| (p.var.as_str(), p.expected.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("RESPONSE_SPILL", "expected at most 1TiB"),
+                ("TMPDIR", "expected an absolute path such as /tmp")
+            ]
+        );
     }
 
     #[test]

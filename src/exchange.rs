@@ -21,11 +21,13 @@ use crate::blame::{CLIENT_CLOSED, ClientFault};
 use crate::buffering::{Buffered, Partial, ResponseAhead};
 use crate::endpoints::{Endpoint, InFlight};
 use crate::metrics::{Metrics, NO_COLOR};
+use crate::spill::Spilled;
 use crate::upstream::UpstreamBody;
 
 /// A response on its way to the client: the upstream's as it streams, read ahead, or a short
 /// message of the proxy's own.
-pub type Outgoing = Either<Either<UpstreamBody, ResponseAhead<hyper::Error>>, Full<Bytes>>;
+pub type Outgoing =
+    Either<Either<UpstreamBody, ResponseAhead<hyper::Error>>, Either<Spilled, Full<Bytes>>>;
 
 pub struct Exchange {
     metrics: Arc<Metrics>,

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod balancer;
 pub mod blame;
+pub mod budget;
 pub mod buffering;
 pub mod config;
 pub mod delivery;
@@ -26,6 +27,7 @@ pub mod ramp;
 pub mod request_checks;
 pub mod server;
 pub mod signal;
+pub mod spill;
 pub mod typos;
 pub mod upstream;
 

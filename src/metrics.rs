@@ -51,6 +51,11 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabels {
+    store: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabels {
     direction: &'static str,
 }
@@ -147,6 +152,7 @@ pub struct Metrics {
     pub upstream_errors: Family<ErrorLabels, Counter>,
     client_errors: Family<KindLabels, Counter>,
     buffer_overflows: Family<DirectionLabels, Counter>,
+    buffered: Family<StoreLabels, Gauge>,
     pub connections_open: Gauge,
     pub in_flight: Gauge,
 }
@@ -187,6 +193,12 @@ impl Metrics {
             "buffer_overflow",
             "Bodies streamed unbuffered because the process-wide buffer budget was full, by direction (request, response)",
             buffer_overflows.clone(),
+        );
+        let buffered = Family::<StoreLabels, Gauge>::default();
+        registry.register(
+            "buffered_bytes",
+            "Body bytes held ahead of the slower side, by store (memory: REQUEST_BUFFER and RESPONSE_BUFFER; disk: RESPONSE_SPILL)",
+            buffered.clone(),
         );
         let weight = Family::<ColorLabels, Gauge>::default();
         registry.register(
@@ -263,6 +275,7 @@ impl Metrics {
             upstream_errors,
             client_errors,
             buffer_overflows,
+            buffered,
             connections_open,
             in_flight,
         }
@@ -276,6 +289,13 @@ impl Metrics {
         self.buffer_overflows
             .get_or_create(&DirectionLabels { direction })
             .inc();
+    }
+
+    pub fn set_buffered(&self, memory: u64, disk: u64) {
+        for (store, n) in [("memory", memory), ("disk", disk)] {
+            let n = i64::try_from(n).unwrap_or(i64::MAX);
+            self.buffered.get_or_create(&StoreLabels { store }).set(n);
+        }
     }
 
     /// Counts one answered request of the color at `color` (an index into the configured

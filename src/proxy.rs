@@ -20,7 +20,8 @@ use tracing::{debug, info, warn};
 
 use crate::balancer::{Balancer, RouteBalancer};
 use crate::blame::ClientFault;
-use crate::buffering::{self, Budget, RequestAhead, ResponseFailure, ResponseRead};
+use crate::budget::{self, Budget};
+use crate::buffering::{self, RequestAhead, ResponseFailure, ResponseRead};
 use crate::config::{BUCKETS, Color, Config, Discovery, Sticky};
 use crate::delivery::Delivery;
 use crate::discovery::{Resolver, Watch};
@@ -28,6 +29,7 @@ use crate::endpoints::{Endpoint, EndpointSet};
 use crate::exchange::{Exchange, Outgoing, RequestBody, ResponseBody};
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::request_checks;
+use crate::spill::Spill;
 use crate::upstream::{ErrorKind, UpstreamBody, UpstreamClient, UpstreamError};
 
 /// The body the proxy answers with: the upstream's, streamed, or a short message of its own.
@@ -136,6 +138,9 @@ pub struct Proxy {
     /// The config hash for `Colorproxy-Config`, when RESPONSE_HEADERS=on.
     config_header: Option<HeaderValue>,
     budget: Arc<Budget>,
+    /// Responses that memory has no room for, on disk; `None` with RESPONSE_SPILL=0, or when
+    /// its directory takes no files.
+    spill: Option<Arc<Spill>>,
     request_buffer: u64,
     response_buffer: u64,
     body_timeout: Duration,
@@ -209,7 +214,8 @@ impl Proxy {
             config_header: config
                 .response_headers
                 .then(|| HeaderValue::from_str(&config.config_hash()).expect("the hash is hex")),
-            budget: Budget::new(buffering::BUDGET),
+            budget: Budget::new(budget::BUDGET),
+            spill: open_spill(config),
             request_buffer: config.request_buffer,
             response_buffer: config.response_buffer,
             body_timeout: config.body_timeout,
@@ -247,6 +253,8 @@ impl Proxy {
             let (live, ejected) = t.endpoints.counts();
             self.metrics.set_endpoints(t.name, live, ejected);
         }
+        let disk = self.spill.as_ref().map_or(0, |s| s.used());
+        self.metrics.set_buffered(self.budget.used(), disk);
     }
 
     /// Closes upstream connections idle for longer than [`crate::pool::IDLE_TIMEOUT`].
@@ -767,7 +775,7 @@ impl Proxy {
                 drop(guard);
             });
             let (parts, _) = resp.into_parts();
-            return Response::from_parts(parts, Either::Right(Full::default()));
+            return Response::from_parts(parts, Either::Right(Either::Right(Full::default())));
         }
         // RFC 9112 §6.3: a response with both is a framing attack or a broken upstream; either
         // way its body cannot be passed on with one meaning. Its connection closes with it.
@@ -787,6 +795,7 @@ impl Proxy {
             self.response_buffer,
             self.request_timeout,
             &self.budget,
+            self.spill.as_ref(),
         )
         .await;
         let body = match read {
@@ -797,6 +806,9 @@ impl Proxy {
                 Either::Left(body)
             }
             Ok(ResponseRead::Ahead(ahead)) => Either::Right(ahead),
+            Ok(ResponseRead::Spilled(spilled)) => {
+                return Response::from_parts(parts, Either::Right(Either::Left(spilled)));
+            }
             Err(failure) => {
                 let e = UpstreamError::new(
                     match failure {
@@ -820,6 +832,22 @@ impl Proxy {
             }
         };
         Response::from_parts(parts, Either::Left(body))
+    }
+}
+
+fn open_spill(config: &Config) -> Option<Arc<Spill>> {
+    if config.response_spill == 0 {
+        return None;
+    }
+    match Spill::new(&config.spill_dir, config.response_spill) {
+        Ok(spill) => Some(spill),
+        Err(e) => {
+            warn!(
+                dir = %config.spill_dir.display(),
+                "RESPONSE_SPILL: TMPDIR takes no files ({e}): responses that memory has no room for wait for their slow clients (set TMPDIR to a writable directory, or RESPONSE_SPILL=0 to say so)"
+            );
+            None
+        }
     }
 }
 
@@ -1166,7 +1194,7 @@ fn rejection(why: request_checks::Rejection, version: Version) -> Response<Body>
 }
 
 fn text(status: StatusCode, body: String) -> Response<Body> {
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    let mut resp = Response::new(Either::Right(Either::Right(Full::new(Bytes::from(body)))));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -273,10 +273,18 @@ async fn a_client_that_leaves_mid_body_is_logged_499_and_blames_no_upstream() {
 }
 
 /// `/big` answered to a client that never reads it: with the body read ahead, the one worker
-/// is free at once and the next client is served.
-async fn a_client_that_does_not_read_does_not_hold_the_app(big: Big) {
+/// is free at once and the next client is served. Returns the proxy's metrics once it holds
+/// `settled` bytes (or after 5 s).
+async fn a_client_that_does_not_read_does_not_hold_the_app(
+    big: Big,
+    env: &[(&str, &str)],
+    settled: u64,
+) -> String {
     let app = OneWorker::start(big).await;
-    let proxy = ProxyProcess::start(&[("BLUE", &app.url()), ("RESPONSE_BUFFER", "16MiB")]);
+    let url = app.url();
+    let mut vars = vec![("BLUE", url.as_str())];
+    vars.extend_from_slice(env);
+    let mut proxy = ProxyProcess::start(&vars);
     let mut reader = TcpStream::connect(proxy.addr).await.unwrap();
     reader
         .write_all(b"GET /big HTTP/1.1\r\nHost: app\r\n\r\n")
@@ -284,8 +292,16 @@ async fn a_client_that_does_not_read_does_not_hold_the_app(big: Big) {
         .unwrap();
     let r = get(&client(), &proxy.url("/next")).await;
     assert_eq!((r.status, r.body.as_str()), (200, "ok "));
+    // The app is done; the proxy may still be reading what the sockets hold of it.
+    let mut m = String::new();
+    for _ in 0..100 {
+        m = metrics(&mut proxy).await;
+        if metric(&m, "colorproxy_buffered_bytes") >= settled as f64 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     // The slow reader still gets all of it.
-    let mut got = Vec::new();
     let expected = match big {
         Big::Length(n) | Big::Chunked(n) => n,
     };
@@ -295,25 +311,96 @@ async fn a_client_that_does_not_read_does_not_hold_the_app(big: Big) {
         while xs < expected {
             let n = reader.read(&mut chunk).await.unwrap();
             assert!(n > 0, "closed after {xs} of {expected} body bytes");
-            got.extend_from_slice(&chunk[..n]);
-            xs = got.iter().filter(|&&b| b == b'x').count();
+            xs += chunk[..n].iter().filter(|&&b| b == b'x').count();
         }
         xs
     })
     .await
     .expect("the whole body arrives");
     assert_eq!(counted, expected);
+    m
+}
+
+/// More than the kernel's socket buffers between app, proxy and client can hold (tcp_rmem's
+/// maximum is 32 MiB on Debian), so that without a read-ahead the app would wait.
+const BIGGER: Big = Big::Length(48 << 20);
+
+/// A body within RESPONSE_BUFFER is held in memory, a larger one on disk; either way the one
+/// worker is free.
+fn held_in(m: &str, store: &str) -> f64 {
+    metric(
+        m,
+        &format!("colorproxy_buffered_bytes{{store=\"{store}\"}}"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_of_known_length_is_read_ahead_of_a_client_that_does_not_read() {
     // 8 MB: far more than the socket buffers between the proxy and the client hold.
-    a_client_that_does_not_read_does_not_hold_the_app(Big::Length(8 << 20)).await;
+    let env = [("RESPONSE_BUFFER", "16MiB")];
+    let m = a_client_that_does_not_read_does_not_hold_the_app(Big::Length(8 << 20), &env, 8 << 20)
+        .await;
+    assert_eq!(held_in(&m, "memory"), (8 << 20) as f64, "{m}");
+    assert_eq!(held_in(&m, "disk"), 0.0, "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_response_is_read_ahead_of_a_client_that_does_not_read() {
-    a_client_that_does_not_read_does_not_hold_the_app(Big::Chunked(8 << 20)).await;
+    let env = [("RESPONSE_BUFFER", "16MiB")];
+    a_client_that_does_not_read_does_not_hold_the_app(Big::Chunked(8 << 20), &env, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_larger_than_the_buffer_goes_to_disk_for_a_client_that_does_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("TMPDIR", dir.path().to_str().unwrap())];
+    let m = a_client_that_does_not_read_does_not_hold_the_app(BIGGER, &env, 32 << 20).await;
+    // All but what the sockets took before the client stopped reading.
+    let disk = held_in(&m, "disk");
+    assert!(
+        disk >= (32 << 20) as f64 && disk <= (48 << 20) as f64,
+        "{m}"
+    );
+    assert_eq!(held_in(&m, "memory"), 0.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_response_larger_than_the_buffer_goes_to_disk_for_a_client_that_does_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("TMPDIR", dir.path().to_str().unwrap())];
+    let m =
+        a_client_that_does_not_read_does_not_hold_the_app(Big::Chunked(48 << 20), &env, 32 << 20)
+            .await;
+    assert!(held_in(&m, "disk") >= (32 << 20) as f64, "{m}");
+}
+
+/// Without the disk, a body larger than RESPONSE_BUFFER waits for its client, and so does the
+/// one worker: what RESPONSE_SPILL is for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_disk_a_client_that_does_not_read_holds_a_larger_response() {
+    let app = OneWorker::start(BIGGER).await;
+    let proxy = ProxyProcess::start(&[
+        ("BLUE", &app.url()),
+        ("RESPONSE_SPILL", "0"),
+        ("REQUEST_TIMEOUT", "2s"),
+    ]);
+    let mut reader = TcpStream::connect(proxy.addr).await.unwrap();
+    reader
+        .write_all(b"GET /big HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let r = get(&client(), &proxy.url("/next")).await;
+    assert_eq!(r.status, 504, "{}", r.body);
+}
+
+#[tokio::test]
+async fn a_directory_that_takes_no_files_is_told_at_startup_and_responses_still_flow() {
+    let app = OneWorker::start(Big::Length(1 << 20)).await;
+    let mut proxy = ProxyProcess::start(&[("BLUE", &app.url()), ("TMPDIR", "/nonexistent/dir")]);
+    let line = proxy.wait_for_log("RESPONSE_SPILL");
+    assert!(line.contains("/nonexistent/dir"), "{line}");
+    let r = get(&client(), &proxy.url("/next")).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ok "));
 }
 
 /// A backend that answers one request per connection with `answer`, then closes (without
