@@ -353,6 +353,14 @@ under_load() { # name service n command...
   wait_tasks "$svc" "$n"
   load_stop
 }
+# The logs of a service's running containers (`docker service logs` can hang on the logs of
+# tasks already gone).
+logs_of() { # service
+  local c
+  for c in $(docker ps -q --filter "label=com.docker.swarm.service.name=$1"); do
+    timeout 30 docker logs "$c" 2>&1 || true
+  done
+}
 env_of() { docker service inspect -f '{{json .Spec.TaskTemplate.ContainerSpec.Env}}' "$1"; }
 
 # ---------------------------------------------------------------------------------------------
@@ -379,7 +387,7 @@ echo "curl 127.0.0.1:$port: $answer"
 [[ $answer =~ ^blue\ ([0-9a-f]{12})$ ]] || die "expected 'blue <task hostname>', got '$answer'"
 [ "${BASH_REMATCH[1]}" = "$(containers myapp-v1)" ] || die "answered by ${BASH_REMATCH[1]}, not myapp-v1's task $(containers myapp-v1)"
 # The image's /tmp takes the files of RESPONSE_SPILL (the proxy says so at startup if not).
-docker service logs proxy >"$work/proxy-start.log" 2>&1 || true
+logs_of proxy >"$work/proxy-start.log"
 grep -qF "listening on" "$work/proxy-start.log" || die "no startup lines in the proxy's logs: $(cat "$work/proxy-start.log")"
 ! grep -F "TMPDIR takes no files" "$work/proxy-start.log" || die "the image's /tmp takes no files for user 65534"
 step_done 1 0 0
@@ -530,8 +538,68 @@ sample 300
 all_from blue demo_myapp-v1
 step_done "$sample_sent" "$sample_failed" "$sample_retried"
 
+# A ramp on the stack's two proxy replicas, one schedule for both: step 1 (50%), then 100%.
+# Then a ramp to a canary that refuses every connection: its guard trips (on the first replica
+# to see it, and through PEERS on the other), traffic is back on blue, no request is lost.
+# Waits until the ramp's START (+ seconds) that the service's environment says.
+wait_ramp() { # seconds after START
+  local start
+  start=$(env_of demo_proxy | grep -o 'GREEN_RAMP_START=[^"]*' | cut -d= -f2)
+  [ -n "$start" ] || die "no GREEN_RAMP_START in $(env_of demo_proxy)"
+  local wait_s=$(($(date -d "$start" +%s) + $1 - $(date +%s)))
+  echo "waiting ${wait_s} s for START ($start) + $1 s"
+  [ "$wait_s" -le 0 ] || sleep "$wait_s"
+}
+under_load "stack: scripts/rollout ramp demo_proxy green http://myapp-v2:8080 --steps 50,100 --every 30s" demo_proxy 2 \
+  scripts/rollout ramp demo_proxy green http://myapp-v2:8080 --steps 50,100 --every 30s
+step "the ramp's steps on the stack: 50%, then 100%"
+wait_ramp 2
+sample "$split_requests"
+split_is 50 demo_myapp-v1 demo_myapp-v2
+sent=$sample_sent
+wait_ramp 32
+sample 300
+all_from green demo_myapp-v2
+step_done $((sent + sample_sent)) 0 0
+
+under_load "stack: scripts/rollout rollback demo_proxy blue http://myapp-v1:8080 (after the ramp)" demo_proxy 2 \
+  scripts/rollout rollback demo_proxy blue http://myapp-v1:8080
+under_load "stack: scripts/rollout ramp demo_proxy green http://myapp-v2:1 (refuses connections) --steps 50 --every 10m" demo_proxy 2 \
+  scripts/rollout ramp demo_proxy green http://myapp-v2:1 --steps 50 --every 10m
+step "a canary that refuses every connection: the guard trips on both replicas, nothing is lost"
+# Each replica's admin port, reached through a colorproxy on the stack's network (the admin
+# port stays unpublished); its two tasks answer in turn.
+admin_port=$((port + 1))
+run docker service create -q "$nr" --name demo-admin --network demo_backend --publish "mode=host,target=8080,published=$admin_port" \
+  -eBLUE=http://demo_proxy:9901 -eBLUE_DISCOVERY=tasks -eDNS_REFRESH=1s colorproxy >/dev/null
+services+=(demo-admin)
+wait_tasks demo-admin 1
+wait_ramp 1
+load_start
+tripped=0
+for i in $(seq 60); do
+  answers=$(for _ in $(seq 20); do curl -fsS -m 5 "http://127.0.0.1:$admin_port/guard" || echo '{}'; done)
+  if [ "$(grep -c '"tripped":\[{"color":"green"' <<<"$answers")" -eq 20 ] &&
+    [ "$(sort -u <<<"$answers" | wc -l)" -le 2 ]; then
+    tripped=1
+    break
+  fi
+  sleep 1
+done
+echo "replicas' /guard: $(sort <<<"$answers" | uniq -c | head -n 2)"
+[ "$tripped" -eq 1 ] || die "the guard did not trip on every replica within 60 s"
+[ "$(grep -o '"config_hash":"[0-9a-f]*"' <<<"$answers" | sort -u | wc -l)" -eq 1 ] || die "the replicas' config hashes differ"
+logs_of demo_proxy >"$work/proxy-guard.log"
+grep -F "guard tripped" "$work/proxy-guard.log" | head -n 2 || die "no 'guard tripped' line in the proxy's logs"
+! grep -F "cannot resolve PEERS" "$work/proxy-guard.log" || die "the replicas cannot find each other (PEERS)"
+load_stop
+step "all blue after the trip"
+sample 300
+all_from blue demo_myapp-v1
+step_done "$sample_sent" "$sample_failed" "$sample_retried"
+
 step "docker stack rm demo"
-run docker service rm demo-edge >/dev/null
+run docker service rm demo-admin demo-edge >/dev/null
 services=()
 run docker stack rm demo
 stack_deployed=0

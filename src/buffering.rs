@@ -207,7 +207,9 @@ where
         }));
     }
     if let Some(spill) = spill {
-        match spill.start(body, exact) {
+        // A small body takes its room on disk at once, or goes on as if there were none; a
+        // larger one only the room it needs while its client is behind.
+        match spill.start(body, exact.filter(|&n| n <= limit)) {
             Ok(spilled) => return Ok(ResponseRead::Spilled(spilled)),
             Err(given_back) => body = given_back,
         }

@@ -58,16 +58,16 @@ impl Spill {
         self.budget.used()
     }
 
-    /// Reads `body` ahead of the client from a task of its own. A body of known length is
-    /// given back when the disk has no room for all of it; any other body takes room as it
-    /// comes and waits for the client once there is none.
-    pub fn start<B>(self: &Arc<Self>, body: B, exact: Option<u64>) -> Result<Spilled, B>
+    /// Reads `body` ahead of the client from a task of its own. With `prepaid`, the body's
+    /// whole length is reserved at once, and the body is given back when the disk has no room
+    /// for it; without, it takes room as it comes and waits for the client once there is none.
+    pub fn start<B>(self: &Arc<Self>, body: B, prepaid: Option<u64>) -> Result<Spilled, B>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError> + Send,
     {
         let mut held = Reservation::new(&self.budget);
-        let prepaid = exact.unwrap_or(0);
+        let prepaid = prepaid.unwrap_or(0);
         if !held.grow(prepaid) {
             return Err(body);
         }
