@@ -15,7 +15,8 @@
 # wait for a quiet machine before the first run (60), RETRIES: how many disturbed runs may be
 # repeated in all (10), NICE: the niceness decrease for everything measured, as root (10; 0: none),
 # UPSTREAMS: the tables to run ("myapp nginx200", the default, or either alone).
-# With the defaults it takes about 8 minutes.
+# With the defaults: about 8 minutes on a quiet machine, plus the waits and repeated runs on a
+# busy one (RETRIES x (WARMUP + DURATION + up to 30 s), QUIET_WAIT).
 #
 # Method (stable ratios on a 2-core machine): wrk (1 thread, 64 connections) pinned to CPU 0; the
 # upstreams and every proxy pinned together to CPU 1; every proxy with one worker (nginx
@@ -40,7 +41,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PATH=$PATH:/usr/sbin:/sbin
 
-usage() { sed -n '11,19p' "$0" | sed 's/^# \{0,1\}//' >&2; }
+usage() { sed -n '11,20p' "$0" | sed 's/^# \{0,1\}//' >&2; }
 die() { echo "bench.sh: $*" >&2; exit 2; }
 
 strict=0
