@@ -1,28 +1,39 @@
 #!/usr/bin/env bash
-# The project's benchmark (issue #5): colorproxy against nginx and HAProxy, all three splitting
-# 4:1 between two fast upstreams (two myapp instances) over keep-alive upstream connections, with
-# wrk straight at one upstream as the ceiling. Loopback only, bounded in time.
+# The project's benchmark (issues #5 and #14): colorproxy against nginx and HAProxy, all three
+# splitting 4:1 between two upstreams over keep-alive upstream connections, with wrk straight at
+# one upstream as the ceiling. Two tables, one per kind of upstream: two myapp instances, and two
+# nginx `return 200` servers (as cheap as upstreams get, so that the proxies' own cost
+# dominates). Each proxy runs twice: access log off, and on, writing to a file (colorproxy: its
+# default ACCESS_LOG=on, stdout to the file; nginx: `access_log FILE combined buffer=64k`;
+# HAProxy: `option httplog` to a local unix datagram socket, which socat appends to the file).
+# Loopback only, bounded in time.
 #
 #   scripts/bench.sh [--strict] [ROUNDS]          (ROUNDS defaults to $ROUNDS or 3)
 #
-# Environment: ROUNDS (3), DURATION seconds per measured run (10), WARMUP seconds before each (2),
+# Environment: ROUNDS (3), DURATION seconds per measured run (6), WARMUP seconds before each (2),
 # RSS_DURATION seconds of the 256-connection run that measures peak RSS (5), QUIET_WAIT seconds to
 # wait for a quiet machine before the first run (60), RETRIES: how many disturbed runs may be
-# repeated in all (10), NICE: the niceness decrease for everything measured, as root (10; 0: none).
+# repeated in all (10), NICE: the niceness decrease for everything measured, as root (10; 0: none),
+# UPSTREAMS: the tables to run ("myapp nginx200", the default, or either alone).
+# With the defaults: about 8 minutes on a quiet machine, plus the waits and repeated runs on a
+# busy one (RETRIES x (WARMUP + DURATION + up to 30 s), QUIET_WAIT).
 #
 # Method (stable ratios on a 2-core machine): wrk (1 thread, 64 connections) pinned to CPU 0; the
 # upstreams and every proxy pinned together to CPU 1; every proxy with one worker (nginx
 # worker_processes 1, HAProxy nbthread 1, colorproxy's tokio runtime sizes itself to the one CPU
 # of its affinity mask). Each round runs every target once, in an order rotated from round to
 # round; the table shows the median over the rounds. Proxy CPU is utime+stime from /proc/PID/stat
-# before and after the measured run. Peak RSS is VmHWM after one extra run at 256 connections.
+# before and after the measured run (for HAProxy with its log on, socat's CPU is counted too: it
+# does the writing to the file that the others do themselves). Peak RSS is VmHWM after one extra
+# run at 256 connections. Access log files are emptied after every run.
 # The machine may be shared: each run also reports (column other%) how much CPU processes other
 # than wrk and the servers used meanwhile, and a run disturbed by 20% of a CPU or more is repeated
 # (at most twice, within the RETRIES budget). CPU per request is the figure least disturbed.
 #
-# Installs nginx, haproxy and wrk from Debian when missing (needs root). Prints a table, ratios and
-# PASS/FAIL lines for the targets of issue #5, and writes the medians to target/bench/results.txt
-# (whitespace-separated) and target/bench/results.md (a Markdown table for the README).
+# Installs nginx, haproxy, wrk and socat from Debian when missing (needs root). Prints a table per
+# kind of upstream, ratios and PASS/FAIL lines for the targets of issue #14, and writes the
+# medians to target/bench/results.txt (whitespace-separated) and target/bench/results.md
+# (Markdown tables for the README).
 # Exit status: 0 whatever the PASS/FAIL lines say (with --strict: 1 if any says FAIL); 2 when the
 # benchmark could not be set up or a run could not be measured.
 set -euo pipefail
@@ -30,7 +41,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PATH=$PATH:/usr/sbin:/sbin
 
-usage() { sed -n '6,11p' "$0" | sed 's/^# \{0,1\}//' >&2; }
+usage() { sed -n '11,20p' "$0" | sed 's/^# \{0,1\}//' >&2; }
 die() { echo "bench.sh: $*" >&2; exit 2; }
 
 strict=0
@@ -43,7 +54,7 @@ for arg in "$@"; do
     *) rounds=$arg ;;
   esac
 done
-duration=${DURATION:-10}
+duration=${DURATION:-6}
 warmup=${WARMUP:-2}
 rss_duration=${RSS_DURATION:-5}
 for v in rounds:"$rounds" DURATION:"$duration" WARMUP:"$warmup" RSS_DURATION:"$rss_duration"; do
@@ -58,6 +69,12 @@ for v in QUIET_WAIT:"${QUIET_WAIT:-60}" RETRIES:"${RETRIES:-10}" NICE:"${NICE:-1
 done
 [ "${NICE:-10}" -le 20 ] || die "NICE must be at most 20"
 if [ "$rounds" -gt 20 ] || [ "$duration" -gt 120 ]; then die "at most 20 rounds of 120 s each"; fi
+upstream_kinds=${UPSTREAMS:-myapp nginx200}
+read -ra kinds <<<"$upstream_kinds"
+[ "${#kinds[@]}" -gt 0 ] || die "UPSTREAMS is empty"
+for k in "${kinds[@]}"; do
+  case $k in myapp | nginx200) ;; *) die "UPSTREAMS: unknown kind '$k' (myapp, nginx200)" ;; esac
+done
 conns=64
 rss_conns=256
 disturbed=20 # a run during which other processes used this % of a CPU or more is repeated
@@ -76,6 +93,7 @@ missing=()
 command -v nginx >/dev/null || missing+=(nginx)
 command -v haproxy >/dev/null || missing+=(haproxy)
 command -v wrk >/dev/null || missing+=(wrk)
+command -v socat >/dev/null || missing+=(socat)
 if [ "${#missing[@]}" -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || die "needs ${missing[*]}: run as root to install them, or apt-get install ${missing[*]}"
   echo "== installing ${missing[*]} from Debian"
@@ -165,82 +183,151 @@ else
   revision=unknown
 fi
 
-declare -A url pidlist
-# The PIDs whose CPU time is counted for a target (for nginx: master and workers).
-cpu_pids() { # target
+declare -A url pidlist with_children access_file describe helper
+# The PIDs of a target's own processes (for nginx: master and workers), whose memory is counted.
+own_pids() { # target
   local t=$1 p
   for p in ${pidlist[$t]}; do
     echo "$p"
-    [ "$t" = nginx ] && pgrep -P "$p"
+    [ -z "${with_children[$t]:-}" ] || pgrep -P "$p"
+  done
+  return 0
+}
+# The PIDs whose CPU time is counted for a target: its own, and its log reader's (HAProxy's).
+cpu_pids() { # target
+  own_pids "$1"
+  [ -z "${helper[$1]:-}" ] || echo "${helper[$1]}"
+}
+# Every server process started, for the other% column.
+server_pids=()
+
+# Waits up to 10 s for a line matching the pattern in the log; prints the match.
+wait_line() { # pattern, log, pid
+  local found=
+  for _ in $(seq 100); do
+    found=$(grep -o "$1" "$2" | head -n1) && [ -n "$found" ] && { echo "$found"; return 0; }
+    kill -0 "$3" 2>/dev/null || break
+    sleep 0.1
+  done
+  return 1
+}
+
+declare -A up_a up_b up_pid
+# Two myapp instances (v1, v2).
+start_myapp_upstreams() {
+  local name log pid addr
+  for name in v1 v2; do
+    log="$work/myapp-$name.log"
+    "${prio[@]}" taskset -c "$server_cpu" env -u V2 HOSTNAME="$name" SHUTDOWN_DELAY=0 "$bin/myapp" 127.0.0.1:0 >"$log" 2>&1 &
+    pid=$!
+    pids+=("$pid")
+    server_pids+=("$pid")
+    addr=$(wait_line 'myapp listening on [0-9.:]*' "$log" "$pid" | awk '{print $NF}') ||
+      { cat "$log" >&2; die "myapp $name did not start"; }
+    wait_http "http://$addr/" "$pid" "$log"
+    [ "$name" = v1 ] && up_a[myapp]=$addr up_pid[myapp]=$pid
+    [ "$name" = v2 ] && up_b[myapp]=$addr
   done
   return 0
 }
 
-start_upstream() { # name
-  local name=$1 log="$work/$1.log"
-  "${prio[@]}" taskset -c "$server_cpu" env -u V2 HOSTNAME="$name" SHUTDOWN_DELAY=0 "$bin/myapp" 127.0.0.1:0 >"$log" 2>&1 &
-  pids+=("$!")
-  local pid=$! addr=
-  for _ in $(seq 100); do
-    addr=$(grep -o 'myapp listening on [0-9.:]*' "$log" | awk '{print $NF}') && [ -n "$addr" ] && break
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  [ -n "$addr" ] || { cat "$log" >&2; die "myapp $name did not start"; }
-  wait_http "http://$addr/" "$pid" "$log"
-  up_addr[$name]=$addr
-  up_pid[$name]=$pid
-}
-declare -A up_addr up_pid
-start_upstream v1
-start_upstream v2
-a=${up_addr[v1]}
-b=${up_addr[v2]}
-url[direct]=http://$a/
-pidlist[direct]=${up_pid[v1]}
-echo "== upstreams: myapp v1 on $a (weight 4), myapp v2 on $b (weight 1), pinned to CPU $server_cpu"
-
-start_colorproxy() { # target, ACCESS_LOG
-  local t=$1 port log="$work/$1.log"
-  port=$(free_port)
-  "${prio[@]}" taskset -c "$server_cpu" env -i PATH="$PATH" BLUE="http://$a" GREEN="http://$b" BLUE_WEIGHT=4 GREEN_WEIGHT=1 \
-    LISTEN="127.0.0.1:$port" ADMIN_LISTEN=off ACCESS_LOG="$2" "$bin/colorproxy" >/dev/null 2>"$log" &
-  pids+=("$!")
-  pidlist[$t]=$!
-  url[$t]=http://127.0.0.1:$port/
-  wait_http "${url[$t]}" "$!" "$log"
-}
-start_colorproxy colorproxy off
-start_colorproxy colorproxy+log on
-
-# nginx: one worker, keep-alive upstream pool, headers comparable to what colorproxy sets.
-nginx_port=$(free_port)
-mkdir -p "$work/nginx"
-{
+# nginx writes its configuration's temporary paths and pid under DIR.
+nginx_head() { # dir
   [ "$(id -u)" -eq 0 ] && echo "user root;"
   cat <<EOF
 worker_processes 1;
 daemon off;
 master_process on;
 error_log stderr warn;
-pid $work/nginx/nginx.pid;
+pid $1/nginx.pid;
 events { worker_connections 4096; }
+EOF
+}
+nginx_temp_paths() { # dir
+  local k
+  for k in client_body proxy fastcgi uwsgi scgi; do echo "  ${k}_temp_path $1/$k;"; done
+}
+# Starts nginx on DIR/nginx.conf; sets r_pid (the master) and r_workers.
+run_nginx() { # dir, url to wait for
+  local dir=$1
+  nginx -t -q -e stderr -p "$dir" -c "$dir/nginx.conf" 2>"$dir/test.log" ||
+    { cat "$dir/test.log" >&2; die "nginx rejected its configuration ($dir/nginx.conf)"; }
+  "${prio[@]}" taskset -c "$server_cpu" nginx -e stderr -p "$dir" -c "$dir/nginx.conf" >"$dir/nginx.log" 2>&1 &
+  r_pid=$!
+  pids+=("$r_pid")
+  wait_http "$2" "$r_pid" "$dir/nginx.log"
+  r_workers=$(pgrep -P "$r_pid" | tr '\n' ' ')
+  [ -n "$r_workers" ] || die "nginx ($dir) has no worker process"
+  # Killed by PID too, should the master die first.
+  local -a nw
+  read -ra nw <<<"$r_workers"
+  pids+=("${nw[@]}")
+  server_pids+=("$r_pid" "${nw[@]}")
+}
+
+# Two nginx servers (v1, v2) in one nginx answering `return 200` with what myapp answers.
+start_nginx200_upstreams() {
+  local dir=$work/nginx200 p1 p2
+  p1=$(free_port)
+  p2=$(free_port)
+  mkdir -p "$dir"
+  {
+    nginx_head "$dir"
+    echo "http {"
+    echo "  access_log off;"
+    nginx_temp_paths "$dir"
+    echo "  keepalive_requests 1000000;"
+    echo "  default_type text/plain;"
+    for v in v1:"$p1" v2:"$p2"; do
+      # shellcheck disable=SC2016 # $http_color is nginx's variable
+      printf '  server { listen 127.0.0.1:%s; location / { return 200 "$http_color %s\\n"; } }\n' "${v#*:}" "${v%%:*}"
+    done
+    echo "}"
+  } >"$dir/nginx.conf"
+  run_nginx "$dir" "http://127.0.0.1:$p1/"
+  up_a[nginx200]=127.0.0.1:$p1
+  up_b[nginx200]=127.0.0.1:$p2
+  up_pid[nginx200]="$r_pid $r_workers"
+}
+
+start_colorproxy() { # target, kind, ACCESS_LOG
+  local t=$1 k=$2 port log="$work/${1//\//-}.log" out=/dev/null
+  port=$(free_port)
+  if [ "$3" = on ]; then out=$work/${t//\//-}.access; access_file[$t]=$out; fi
+  "${prio[@]}" taskset -c "$server_cpu" env -i PATH="$PATH" BLUE="http://${up_a[$k]}" GREEN="http://${up_b[$k]}" \
+    BLUE_WEIGHT=4 GREEN_WEIGHT=1 LISTEN="127.0.0.1:$port" ADMIN_LISTEN=off ACCESS_LOG="$3" "$bin/colorproxy" >>"$out" 2>"$log" &
+  pids+=("$!")
+  server_pids+=("$!")
+  pidlist[$t]=$!
+  url[$t]=http://127.0.0.1:$port/
+  wait_http "${url[$t]}" "$!" "$log"
+  describe[$t]="ACCESS_LOG=$3${access_file[$t]:+, stdout to a file}, pid $!: $(cp_threads "$t")"
+}
+
+# nginx: one worker, keep-alive upstream pool, headers comparable to what colorproxy sets.
+start_nginx() { # target, kind, log: on/off
+  local t=$1 k=$2 dir=$work/${1//\//-} port log="access_log off;"
+  port=$(free_port)
+  mkdir -p "$dir"
+  if [ "$3" = on ]; then
+    access_file[$t]=$dir.access
+    log="access_log ${access_file[$t]} combined buffer=64k;"
+  fi
+  {
+    nginx_head "$dir"
+    cat <<EOF
 http {
-  access_log off;
-  client_body_temp_path $work/nginx/client_body;
-  proxy_temp_path $work/nginx/proxy;
-  fastcgi_temp_path $work/nginx/fastcgi;
-  uwsgi_temp_path $work/nginx/uwsgi;
-  scgi_temp_path $work/nginx/scgi;
+  $log
+$(nginx_temp_paths "$dir")
   keepalive_requests 1000000;
   upstream colors {
-    server $a weight=4;
-    server $b weight=1;
+    server ${up_a[$k]} weight=4;
+    server ${up_b[$k]} weight=1;
     keepalive 64;
     keepalive_requests 1000000;
   }
   server {
-    listen 127.0.0.1:$nginx_port;
+    listen 127.0.0.1:$port;
     location / {
       proxy_pass http://colors;
       proxy_http_version 1.1;
@@ -254,26 +341,36 @@ http {
   }
 }
 EOF
-} >"$work/nginx/nginx.conf"
-nginx -t -q -e stderr -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>"$work/nginx-test.log" ||
-  { cat "$work/nginx-test.log" >&2; die "nginx rejected its configuration ($work/nginx/nginx.conf)"; }
-"${prio[@]}" taskset -c "$server_cpu" nginx -e stderr -p "$work/nginx" -c "$work/nginx/nginx.conf" >"$work/nginx.log" 2>&1 &
-pids+=("$!")
-pidlist[nginx]=$!
-url[nginx]=http://127.0.0.1:$nginx_port/
-wait_http "${url[nginx]}" "$!" "$work/nginx.log"
-nginx_workers=$(pgrep -P "${pidlist[nginx]}" | tr '\n' ' ')
-[ -n "$nginx_workers" ] || die "nginx has no worker process"
-# Killed by PID too, should the master die first.
-read -ra nw <<<"$nginx_workers"
-pids+=("${nw[@]}")
+  } >"$dir/nginx.conf"
+  url[$t]=http://127.0.0.1:$port/
+  run_nginx "$dir" "${url[$t]}"
+  pidlist[$t]=$r_pid
+  with_children[$t]=1
+  describe[$t]="$(nginx -v 2>&1 | sed 's/.*: //'), access log $3${access_file[$t]:+ (buffer=64k)}, master $r_pid, worker(s) $r_workers"
+}
 
-# HAProxy: one thread, connection reuse, the same headers.
-haproxy_port=$(free_port)
-cat >"$work/haproxy.cfg" <<EOF
+# HAProxy: one thread, connection reuse, the same headers; with its log on, `option httplog` to
+# a unix datagram socket that socat appends to a file.
+start_haproxy() { # target, kind, log: on/off
+  local t=$1 k=$2 port f=$work/${1//\//-} global_log='' log='' socat_pid=
+  local cfg=$f.cfg sock=$f.sock
+  port=$(free_port)
+  if [ "$3" = on ]; then
+    access_file[$t]=$f.access
+    "${prio[@]}" taskset -c "$server_cpu" socat -u "UNIX-RECV:$sock" "OPEN:${access_file[$t]},creat,append" 2>"$f-socat.log" &
+    pids+=("$!")
+    server_pids+=("$!")
+    socat_pid=$!
+    for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+    [ -S "$sock" ] || { cat "$f-socat.log" >&2; die "socat did not create $sock"; }
+    global_log="log $sock len 4096 local0 info"
+    log=$'  log global\n  option httplog'
+  fi
+  cat >"$cfg" <<EOF
 global
   nbthread 1
   maxconn 4096
+  $global_log
 
 defaults
   mode http
@@ -283,9 +380,10 @@ defaults
   timeout http-keep-alive 60s
   option forwardfor
   http-reuse always
+$log
 
 frontend bench
-  bind 127.0.0.1:$haproxy_port
+  bind 127.0.0.1:$port
   default_backend colors
 
 backend colors
@@ -293,44 +391,89 @@ backend colors
   http-request set-header Color blue
   http-request set-header X-Forwarded-Host %[req.hdr(host)]
   http-request set-header X-Forwarded-Proto http
-  server v1 $a weight 4
-  server v2 $b weight 1
+  server v1 ${up_a[$k]} weight 4
+  server v2 ${up_b[$k]} weight 1
 EOF
-haproxy -c -q -f "$work/haproxy.cfg" >"$work/haproxy-test.log" 2>&1 ||
-  { cat "$work/haproxy-test.log" >&2; die "haproxy rejected its configuration ($work/haproxy.cfg)"; }
-"${prio[@]}" taskset -c "$server_cpu" haproxy -db -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 &
-pids+=("$!")
-pidlist[haproxy]=$!
-url[haproxy]=http://127.0.0.1:$haproxy_port/
-wait_http "${url[haproxy]}" "$!" "$work/haproxy.log"
-
-targets=(direct colorproxy colorproxy+log nginx haproxy)
-proxies=(colorproxy colorproxy+log nginx haproxy)
-
-# Every proxy splits 4:1: 200 requests, v2's share within 5 sigma of 20% (exact for round robin).
-for t in "${proxies[@]}"; do
-  urls=()
-  for _ in $(seq 200); do urls+=("${url[$t]}"); done
-  curl -sS --fail "${urls[@]}" >"$work/split-$t.txt" || die "$t: requests failed during the split check"
-  n1=$(grep -c ' v1$' "$work/split-$t.txt" || true)
-  n2=$(grep -c ' v2$' "$work/split-$t.txt" || true)
-  if [ $((n1 + n2)) -ne 200 ] || [ "$n2" -lt 12 ] || [ "$n2" -gt 68 ]; then
-    die "$t does not split 4:1 (v1 $n1, v2 $n2 of 200; e.g. '$(head -n1 "$work/split-$t.txt")')"
+  haproxy -c -q -f "$cfg" >"$f-test.log" 2>&1 ||
+    { cat "$f-test.log" >&2; die "haproxy rejected its configuration ($cfg)"; }
+  "${prio[@]}" taskset -c "$server_cpu" haproxy -db -f "$cfg" >"$f.log" 2>&1 &
+  pids+=("$!")
+  server_pids+=("$!")
+  pidlist[$t]=$!
+  url[$t]=http://127.0.0.1:$port/
+  wait_http "${url[$t]}" "$!" "$f.log"
+  describe[$t]="$(haproxy -v | awk 'NR == 1 {print $1, $2, $3}'), log $3, pid $!: $(cp_threads "$t")"
+  if [ -n "$socat_pid" ]; then
+    helper[$t]=$socat_pid
+    describe[$t]+="; socat (log reader) $socat_pid"
   fi
-done
+}
 
 cp_threads() { # target: thread count and names
-  local p=${pidlist[$1]}
+  local p=${pidlist[$1]%% *}
   printf '%s threads (%s)' "$(find "/proc/$p/task" -mindepth 1 -maxdepth 1 | wc -l)" \
     "$(cat /proc/"$p"/task/*/comm | sort | uniq -c | awk '{printf "%s%s x%s", (NR > 1 ? ", " : ""), $2, $1}')"
 }
 
+# Targets are KIND/NAME: the rows of the table of that kind of upstream.
+rows=(direct colorproxy colorproxy+log nginx nginx+log haproxy haproxy+log)
+proxy_rows=(colorproxy colorproxy+log nginx nginx+log haproxy haproxy+log)
+targets=()
+proxies=()
+for k in "${kinds[@]}"; do
+  case $k in
+    myapp) start_myapp_upstreams ;;
+    nginx200) start_nginx200_upstreams ;;
+  esac
+  url[$k/direct]=http://${up_a[$k]}/
+  pidlist[$k/direct]=${up_pid[$k]%% *}
+  [ "$k" = myapp ] || with_children[$k/direct]=1
+  describe[$k/direct]="the upstream v1 ($k on ${up_a[$k]}) straight"
+  echo "== $k upstreams: v1 on ${up_a[$k]} (weight 4), v2 on ${up_b[$k]} (weight 1), pinned to CPU $server_cpu"
+  start_colorproxy "$k/colorproxy" "$k" off
+  start_colorproxy "$k/colorproxy+log" "$k" on
+  start_nginx "$k/nginx" "$k" off
+  start_nginx "$k/nginx+log" "$k" on
+  start_haproxy "$k/haproxy" "$k" off
+  start_haproxy "$k/haproxy+log" "$k" on
+  for r in "${rows[@]}"; do targets+=("$k/$r"); done
+  for r in "${proxy_rows[@]}"; do proxies+=("$k/$r"); done
+done
+
+# Every proxy splits 4:1: 200 requests, v2's share within 5 sigma of 20% (exact for round robin);
+# with its log on, it writes a line per request.
+for t in "${proxies[@]}"; do
+  urls=()
+  for _ in $(seq 200); do urls+=("${url[$t]}"); done
+  split=$work/split-${t//\//-}.txt
+  curl -sS --fail "${urls[@]}" >"$split" || die "$t: requests failed during the split check"
+  n1=$(grep -c ' v1$' "$split" || true)
+  n2=$(grep -c ' v2$' "$split" || true)
+  if [ $((n1 + n2)) -ne 200 ] || [ "$n2" -lt 12 ] || [ "$n2" -gt 68 ]; then
+    die "$t does not split 4:1 (v1 $n1, v2 $n2 of 200; e.g. '$(head -n1 "$split")')"
+  fi
+done
+# Empties the access log files (nginx's buffer is written out when full; every writer appends).
+truncate_logs() {
+  local f
+  for f in "${access_file[@]}"; do : >"$f"; done
+}
+for t in "${!access_file[@]}"; do
+  case $t in */nginx+log) continue ;; esac # buffered: its lines come out 64 KiB at a time
+  lines=0
+  for _ in $(seq 50); do
+    lines=$(grep -Ec 'status=200| 200 ' "${access_file[$t]}" || true)
+    [ "$lines" -ge 200 ] && break
+    sleep 0.1
+  done
+  [ "$lines" -ge 200 ] || die "$t wrote $lines access lines to ${access_file[$t]} for 200 requests"
+done
+truncate_logs
+
 echo "== targets (servers pinned to CPU $server_cpu, wrk -t1 pinned to CPU $wrk_cpu):"
-echo "   direct          ${url[direct]}  (myapp v1, pid ${pidlist[direct]})"
-echo "   colorproxy      ${url[colorproxy]}  ACCESS_LOG=off, pid ${pidlist[colorproxy]}: $(cp_threads colorproxy)"
-echo "   colorproxy+log  ${url[colorproxy+log]}  ACCESS_LOG=on to /dev/null, pid ${pidlist[colorproxy+log]}: $(cp_threads colorproxy+log)"
-echo "   nginx           ${url[nginx]}  $(nginx -v 2>&1 | sed 's/.*: //'), master ${pidlist[nginx]}, worker(s) $nginx_workers"
-echo "   haproxy         ${url[haproxy]}  $(haproxy -v | awk 'NR == 1 {print $1, $2, $3}'), pid ${pidlist[haproxy]}: $(cp_threads haproxy)"
+for t in "${targets[@]}"; do
+  printf '   %-24s %s  %s\n' "$t" "${url[$t]}" "${describe[$t]}"
+done
 echo "   colorproxy revision $revision; machine: $(nproc --all) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # ---------------------------------------------------------------------------------------------
@@ -370,11 +513,7 @@ child_ticks() {
     printf "%.0f", t * hz }' "$1"
 }
 # Every server process: the CPU they and wrk do not account for was used by someone else.
-all_server_pids() {
-  local t
-  for t in "${targets[@]}"; do cpu_pids "$t"; done
-  echo "${up_pid[v2]}"
-}
+all_server_pids() { printf '%s\n' "${server_pids[@]}"; }
 # Percent of one CPU used by processes other than wrk and the servers over a span.
 other_pct() { # busy ticks, server ticks, wrk ticks, seconds
   awk -v b="$1" -v s="$2" -v w="$3" -v d="$4" -v hz="$clk_tck" 'BEGIN {
@@ -443,6 +582,7 @@ run_wrk() { # target, connections, seconds, output file
     die "could not read wrk's output for $t"
   fi
   r_cpu=$(awk -v t=$((after - before)) -v hz="$clk_tck" -v n="$requests" 'BEGIN {printf "%.3f", t / hz / n * 100000}')
+  truncate_logs
 }
 
 declare -A m_rps m_p50 m_p99 m_cpu m_err m_rss m_other
@@ -451,7 +591,7 @@ ntargets=${#targets[@]}
 echo
 echo "== $rounds rounds x $ntargets targets: ${warmup}s warm-up + ${duration}s measured each (wrk -t1 -c$conns)"
 wait_quiet "${QUIET_WAIT:-60}"
-printf '   %-5s %-15s %10s %8s %8s %10s %6s %7s\n' round target req/s p50_ms p99_ms cpu/100k errors other%
+printf '   %-5s %-24s %10s %8s %8s %10s %6s %7s\n' round target req/s p50_ms p99_ms cpu/100k errors other%
 max_other=0
 for ((r = 0; r < rounds; r++)); do
   for ((i = 0; i < ntargets; i++)); do
@@ -460,9 +600,10 @@ for ((r = 0; r < rounds; r++)); do
     while :; do
       timeout $((warmup + 30)) "${prio[@]}" taskset -c "$wrk_cpu" wrk -t1 -c"$conns" -d"${warmup}s" "${url[$t]}" >/dev/null 2>&1 ||
         die "wrk warm-up against $t failed"
-      run_wrk "$t" "$conns" "$duration" "$work/wrk-$r-$t.txt"
+      truncate_logs
+      run_wrk "$t" "$conns" "$duration" "$work/wrk-$r-${t//\//-}.txt"
       if [ "$r_other" -lt "$disturbed" ] || [ "$attempt" -ge 2 ] || [ "$retries" -le 0 ]; then break; fi
-      printf '   %-5s %-15s %10.0f %8.3f %8.3f %10.3f %6d %7s  disturbed: repeated\n' \
+      printf '   %-5s %-24s %10.0f %8.3f %8.3f %10.3f %6d %7s  disturbed: repeated\n' \
         $((r + 1)) "$t" "$r_rps" "$r_p50" "$r_p99" "$r_cpu" "$r_err" "$r_other"
       attempt=$((attempt + 1))
       retries=$((retries - 1))
@@ -475,7 +616,7 @@ for ((r = 0; r < rounds; r++)); do
     m_err[$t]=$((m_err[$t] + r_err))
     m_other[$t]+=" $r_other"
     [ "$r_other" -le "$max_other" ] || max_other=$r_other
-    printf '   %-5s %-15s %10.0f %8.3f %8.3f %10.3f %6d %7s\n' $((r + 1)) "$t" "$r_rps" "$r_p50" "$r_p99" "$r_cpu" "$r_err" "$r_other"
+    printf '   %-5s %-24s %10.0f %8.3f %8.3f %10.3f %6d %7s\n' $((r + 1)) "$t" "$r_rps" "$r_p50" "$r_p99" "$r_cpu" "$r_err" "$r_other"
   done
 done
 
@@ -483,21 +624,23 @@ echo
 echo "== peak RSS: one ${rss_duration}s run per proxy at $rss_conns connections, then VmHWM"
 vmhwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 for t in "${proxies[@]}"; do
-  run_wrk "$t" "$rss_conns" "$rss_duration" "$work/wrk-rss-$t.txt"
+  run_wrk "$t" "$rss_conns" "$rss_duration" "$work/wrk-rss-${t//\//-}.txt"
   m_err[$t]=$((m_err[$t] + r_err))
   kib=0
   detail=
-  for p in $(cpu_pids "$t"); do
+  for p in $(own_pids "$t"); do
     k=$(vmhwm_kib "$p")
     kib=$((kib + k))
     detail+="${detail:+ + }$(awk -v k="$k" 'BEGIN {printf "%.1f", k / 1024}') (pid $p)"
   done
   m_rss[$t]=$(awk -v k="$kib" 'BEGIN {printf "%.1f", k / 1024}')
-  printf '   %-15s %6s MiB = %s; %.0f req/s, p99 %.3f ms, %d errors at %d connections\n' \
+  printf '   %-24s %6s MiB = %s; %.0f req/s, p99 %.3f ms, %d errors at %d connections\n' \
     "$t" "${m_rss[$t]}" "$detail" "$r_rps" "$r_p99" "$r_err" "$rss_conns"
 done
-m_rss[direct]=-
-echo "   colorproxy after the runs: $(cp_threads colorproxy)"
+for k in "${kinds[@]}"; do
+  m_rss[$k/direct]=-
+  echo "   $k/colorproxy after the runs: $(cp_threads "$k/colorproxy")"
+done
 
 # ---------------------------------------------------------------------------------------------
 # Report
@@ -519,18 +662,22 @@ done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b == 0) print "nan"; else printf "%.2f", a / b}'; }
 pct() { awk -v a="$1" -v b="$2" 'BEGIN {if (b == 0) print "nan"; else printf "%+.1f%%", (a / b - 1) * 100}'; }
 
-table() {
-  printf '%-15s %10s %8s %8s %10s %9s %7s\n' target req/s p50_ms p99_ms cpu_s/100k rss_MiB errors
-  for t in "${targets[@]}"; do
-    printf '%-15s %10.0f %8.3f %8.3f %10.3f %9s %7d\n' "$t" "${rps[$t]}" "${p50[$t]}" "${p99[$t]}" "${cpu[$t]}" "${m_rss[$t]}" "${m_err[$t]}"
+table() { # kind
+  printf '%-15s %10s %8s %8s %10s %9s %7s\n' "$1" req/s p50_ms p99_ms cpu_s/100k rss_MiB errors
+  for r in "${rows[@]}"; do
+    t=$1/$r
+    printf '%-15s %10.0f %8.3f %8.3f %10.3f %9s %7d\n' "$r" "${rps[$t]}" "${p50[$t]}" "${p99[$t]}" "${cpu[$t]}" "${m_rss[$t]}" "${m_err[$t]}"
   done
 }
 
-echo
-echo "== medians over $rounds rounds (wrk -t1 -c$conns, ${duration}s; errors: total over all runs)"
-table
-echo "   cpu_s/100k: CPU seconds of the proxy per 100k requests (direct: of the upstream myapp v1);"
-echo "   rss_MiB: peak RSS (VmHWM) after the $rss_conns-connection run (nginx: master + worker)"
+for k in "${kinds[@]}"; do
+  echo
+  echo "== $k upstreams: medians over $rounds rounds (wrk -t1 -c$conns, ${duration}s; errors: total over all runs)"
+  table "$k"
+done
+echo "   cpu_s/100k: CPU seconds of the proxy per 100k requests (direct: of the upstream v1; haproxy+log:"
+echo "   with socat, its log reader); rss_MiB: peak RSS (VmHWM) after the $rss_conns-connection run"
+echo "   (nginx: master + worker; haproxy+log: haproxy alone)"
 if [ "$max_other" -ge "$disturbed" ]; then
   echo "   WARNING: other processes used up to ${max_other}% of a CPU during the measured runs (column other%):"
   echo "   req/s and latency are disturbed; CPU per request much less so. Rerun on a quiet machine."
@@ -538,53 +685,66 @@ fi
 
 echo
 echo "== ratios"
-for base in nginx haproxy; do
-  printf '   colorproxy vs %-8s req/s %sx   CPU/request %sx   p99 %sx   p50 %sx\n' "$base" \
-    "$(ratio "${rps[colorproxy]}" "${rps[$base]}")" "$(ratio "${cpu[colorproxy]}" "${cpu[$base]}")" \
-    "$(ratio "${p99[colorproxy]}" "${p99[$base]}")" "$(ratio "${p50[colorproxy]}" "${p50[$base]}")"
+for k in "${kinds[@]}"; do
+  for log in "" +log; do
+    for base in nginx haproxy; do
+      a=$k/colorproxy$log b=$k/$base$log
+      printf '   %-8s colorproxy%-4s vs %-12s req/s %sx   CPU/request %sx   p99 %sx   p50 %sx\n' "$k" "$log" "$base$log" \
+        "$(ratio "${rps[$a]}" "${rps[$b]}")" "$(ratio "${cpu[$a]}" "${cpu[$b]}")" \
+        "$(ratio "${p99[$a]}" "${p99[$b]}")" "$(ratio "${p50[$a]}" "${p50[$b]}")"
+    done
+  done
+  printf '   %-8s colorproxy     vs direct       req/s %sx of the ceiling\n' "$k" "$(ratio "${rps[$k/colorproxy]}" "${rps[$k/direct]}")"
+  for p in colorproxy nginx haproxy; do
+    printf '   %-8s access log cost of %-10s req/s %s   CPU/request %s   p99 %s\n' "$k" "$p" \
+      "$(pct "${rps[$k/$p+log]}" "${rps[$k/$p]}")" "$(pct "${cpu[$k/$p+log]}" "${cpu[$k/$p]}")" \
+      "$(pct "${p99[$k/$p+log]}" "${p99[$k/$p]}")"
+  done
 done
-printf '   colorproxy vs direct   req/s %sx of the ceiling\n' "$(ratio "${rps[colorproxy]}" "${rps[direct]}")"
-printf '   nginx vs haproxy       req/s %sx   CPU/request %sx   p99 %sx\n' \
-  "$(ratio "${rps[nginx]}" "${rps[haproxy]}")" "$(ratio "${cpu[nginx]}" "${cpu[haproxy]}")" "$(ratio "${p99[nginx]}" "${p99[haproxy]}")"
-printf '   access log cost (colorproxy+log vs colorproxy): req/s %s   CPU/request %s   p99 %s\n' \
-  "$(pct "${rps[colorproxy+log]}" "${rps[colorproxy]}")" "$(pct "${cpu[colorproxy+log]}" "${cpu[colorproxy]}")" \
-  "$(pct "${p99[colorproxy+log]}" "${p99[colorproxy]}")"
 
 echo
-echo "== issue #5 targets (against nginx's medians)"
+echo "== issue #14 targets (colorproxy against nginx's medians, the logged row against nginx's logged row)"
 failed=0
 check() { # target, description, awk condition over a and b, a, b, shown
   local ok
   ok=$(awk -v a="$4" -v b="$5" "BEGIN {print ($3) ? \"PASS\" : \"FAIL\"}")
   [ "$ok" = PASS ] || failed=1
-  printf '   %s  %-15s %-34s %s\n' "$ok" "$1" "$2" "$6"
+  printf '   %s  %-24s %-34s %s\n' "$ok" "$1" "$2" "$6"
 }
-for t in colorproxy colorproxy+log; do
-  check "$t" "req/s >= 1.0x nginx" "a >= b" "${rps[$t]}" "${rps[nginx]}" "$(ratio "${rps[$t]}" "${rps[nginx]}")x"
-  check "$t" "CPU per request <= 1.0x nginx" "a <= b" "${cpu[$t]}" "${cpu[nginx]}" "$(ratio "${cpu[$t]}" "${cpu[nginx]}")x"
-  check "$t" "p99 <= nginx p99" "a <= b" "${p99[$t]}" "${p99[nginx]}" "${p99[$t]} ms vs ${p99[nginx]} ms"
-  check "$t" "peak RSS < 20 MiB at $rss_conns conns" "a < b" "${m_rss[$t]}" 20 "${m_rss[$t]} MiB"
-  check "$t" "zero errors" "a == b" "${m_err[$t]}" 0 "${m_err[$t]} errors"
+for k in "${kinds[@]}"; do
+  for log in "" +log; do
+    t=$k/colorproxy$log n=$k/nginx$log
+    check "$t" "req/s >= 1.0x nginx$log" "a >= b" "${rps[$t]}" "${rps[$n]}" "$(ratio "${rps[$t]}" "${rps[$n]}")x"
+    check "$t" "CPU per request <= 1.0x nginx$log" "a <= b" "${cpu[$t]}" "${cpu[$n]}" "$(ratio "${cpu[$t]}" "${cpu[$n]}")x"
+    check "$t" "p99 <= nginx$log p99" "a <= b" "${p99[$t]}" "${p99[$n]}" "${p99[$t]} ms vs ${p99[$n]} ms"
+    check "$t" "peak RSS < 16 MiB at $rss_conns conns" "a < b" "${m_rss[$t]}" 16 "${m_rss[$t]} MiB"
+    check "$t" "zero errors" "a == b" "${m_err[$t]}" 0 "${m_err[$t]} errors"
+  done
 done
-for t in direct nginx haproxy; do
+for t in "${targets[@]}"; do
+  case $t in */colorproxy*) continue ;; esac
   [ "${m_err[$t]}" -eq 0 ] || echo "   WARNING: $t had ${m_err[$t]} errors: the comparison is suspect"
 done
 
-# Machine-readable medians, and the table as Markdown for the README.
+# Machine-readable medians, and the tables as Markdown for the README.
 mkdir -p target/bench
 {
   echo "# scripts/bench.sh $(date -u +%Y-%m-%dT%H:%M:%SZ) colorproxy $revision"
-  echo "# rounds=$rounds duration_s=$duration warmup_s=$warmup conns=$conns rss_conns=$rss_conns cpus=$(nproc --all) wrk_cpu=$wrk_cpu server_cpu=$server_cpu"
-  echo "target req_s p50_ms p99_ms cpu_s_per_100k rss_mib errors"
+  echo "# rounds=$rounds duration_s=$duration warmup_s=$warmup conns=$conns rss_conns=$rss_conns cpus=$(nproc --all) wrk_cpu=$wrk_cpu server_cpu=$server_cpu max_other_pct=$max_other"
+  echo "upstreams target req_s p50_ms p99_ms cpu_s_per_100k rss_mib errors"
   for t in "${targets[@]}"; do
-    echo "$t ${rps[$t]} ${p50[$t]} ${p99[$t]} ${cpu[$t]} ${m_rss[$t]} ${m_err[$t]}"
+    echo "${t%%/*} ${t#*/} ${rps[$t]} ${p50[$t]} ${p99[$t]} ${cpu[$t]} ${m_rss[$t]} ${m_err[$t]}"
   done
 } >target/bench/results.txt
 {
-  echo "| target | req/s | p50 ms | p99 ms | CPU-s per 100k req | peak RSS MiB ($rss_conns conns) | errors |"
-  echo "|---|---:|---:|---:|---:|---:|---:|"
-  for t in "${targets[@]}"; do
-    printf '| %s | %.0f | %.2f | %.2f | %.2f | %s | %d |\n' "$t" "${rps[$t]}" "${p50[$t]}" "${p99[$t]}" "${cpu[$t]}" "${m_rss[$t]}" "${m_err[$t]}"
+  for k in "${kinds[@]}"; do
+    echo "| $k upstreams | req/s | p50 ms | p99 ms | CPU-s per 100k req | peak RSS MiB ($rss_conns conns) | errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    for r in "${rows[@]}"; do
+      t=$k/$r
+      printf '| %s | %.0f | %.2f | %.2f | %.2f | %s | %d |\n' "$r" "${rps[$t]}" "${p50[$t]}" "${p99[$t]}" "${cpu[$t]}" "${m_rss[$t]}" "${m_err[$t]}"
+    done
+    echo
   done
 } >target/bench/results.md
 echo

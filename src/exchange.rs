@@ -17,6 +17,7 @@ use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::{Method, Request, Uri};
 use tokio::sync::Notify;
 
+use crate::access_log;
 use crate::blame::{CLIENT_CLOSED, ClientFault};
 use crate::buffering::{Buffered, Partial, ResponseAhead};
 use crate::endpoints::{Endpoint, InFlight};
@@ -66,7 +67,8 @@ impl Exchange {
         metrics.in_flight.inc();
         Arc::new(Exchange {
             metrics: metrics.clone(),
-            logged: access_log.then(|| (req.method().clone(), req.uri().clone())),
+            logged: (access_log && access_log::enabled())
+                .then(|| (req.method().clone(), req.uri().clone())),
             start: Instant::now(),
             client,
             color: AtomicUsize::new(usize::MAX),
@@ -171,19 +173,17 @@ impl Drop for Exchange {
             let color = self.color_name();
             let endpoint = self.endpoint.lock().expect("endpoint lock");
             let upstream = endpoint.as_ref().map_or("-", |e| e.0.authority.as_str());
-            tracing::info!(
-                target: "colorproxy::access",
-                method = %method,
-                path = %uri.path_and_query().map_or("/", |p| p.as_str()),
+            access_log::log(&access_log::Entry {
+                method: method.as_str(),
+                path: uri.path_and_query().map_or("/", |p| p.as_str()),
                 status,
                 color,
                 upstream,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                bytes_in = self.bytes_in.load(Ordering::Relaxed),
-                bytes_out = self.bytes_out.load(Ordering::Relaxed),
-                client = %self.client,
-                "request"
-            );
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                bytes_in: self.bytes_in.load(Ordering::Relaxed),
+                bytes_out: self.bytes_out.load(Ordering::Relaxed),
+                client: self.client,
+            });
         }
     }
 }

@@ -5,6 +5,7 @@
 //! The binary (`main.rs`) only parses arguments; everything it runs lives here so that tests
 //! can drive the same code in-process.
 
+pub mod access_log;
 pub mod admin;
 pub mod balancer;
 pub mod blame;

@@ -3,8 +3,10 @@
 //! not keep up (a log driver that stalls, a pipe nobody reads), lines that do not fit are
 //! dropped and counted, and one warning saying how many follows once writing resumes.
 //!
-//! tracing-subscriber formats each event once, into a per-thread buffer it reuses, and hands
-//! it over in one `write`; this module only adds a copy into the queue under a short lock.
+//! The access line ([`crate::access_log`]) and tracing-subscriber (every other line) each
+//! format a line once, into a per-thread buffer they reuse, and hand it over whole; this module
+//! only adds a copy into the queue under a short lock. The writer thread then writes what
+//! gathered, up to the whole queue, with one `write`.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -207,6 +209,13 @@ impl Drop for FlushGuard {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+impl LogWriter {
+    /// Queues whole lines (each ending in a newline), or drops them whole, without blocking.
+    pub fn push(&self, lines: &[u8]) {
+        self.shared.push(lines);
     }
 }
 

@@ -1,10 +1,12 @@
 //! Log output: human-readable text or one JSON object per line, filtered by RUST_LOG, written
 //! to stdout through [`crate::log_writer`] so that a stalled log consumer never stops serving.
+//! Access lines take their own, cheaper path to the same writer ([`crate::access_log`]).
 
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
+use crate::access_log::{self, Style};
 use crate::config::{Config, LogFormat};
 use crate::log_writer::{CAPACITY, FlushGuard, LogWriter};
 
@@ -27,13 +29,21 @@ pub fn init(config: &Config) -> Option<FlushGuard> {
             return None;
         }
     };
+    let ansi = std::io::stdout().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(std::io::stdout().is_terminal());
-    match config.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+        .with_writer(writer.clone())
+        .with_ansi(ansi);
+    let style = match config.log_format {
+        LogFormat::Text => {
+            builder.init();
+            Style::Text { ansi }
+        }
+        LogFormat::Json => {
+            builder.json().flatten_event(true).init();
+            Style::Json
+        }
+    };
+    access_log::install(writer, style);
     guard
 }

@@ -339,6 +339,66 @@ async fn json_logs_parse_line_by_line_and_carry_the_access_log() {
     assert_eq!(vars, ["BLUE_WEIGHT", "BLUE"]);
 }
 
+/// The text line is the one users have always seen (`src/access_log.rs` checks it byte for
+/// byte against tracing-subscriber's; this checks the binary writes it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_access_lines_carry_every_field() {
+    let blue = Backend::echo("blue").await;
+    let mut proxy = ProxyProcess::start(&[("BLUE", &blue.url())]);
+    let client = client();
+    let req = Request::post(proxy.url("/orders?id=7"))
+        .body(Full::from("12345"))
+        .unwrap();
+    let r = send(&client, req).await;
+    assert_eq!(r.status, 200);
+    let line = proxy.wait_for_log("colorproxy::access: request");
+    let (time, fields) = line
+        .split_once("  INFO colorproxy::access: request ")
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(
+        time.len() == 27 && humantime::parse_rfc3339(time).is_ok(),
+        "{line}"
+    );
+    let fields: Vec<&str> = fields.split(' ').collect();
+    let upstream = format!("upstream=\"{}\"", blue.addr);
+    let bytes_out = format!("bytes_out={}", r.body.len());
+    assert_eq!(
+        fields[..5],
+        [
+            "method=POST",
+            "path=/orders?id=7",
+            "status=200",
+            "color=\"blue\"",
+            &upstream
+        ],
+        "{line}"
+    );
+    let ms = fields[5].strip_prefix("duration_ms=").unwrap_or("x");
+    assert!(ms.parse::<f64>().is_ok_and(|ms| ms > 0.0), "{line}");
+    assert_eq!(fields[6..8], ["bytes_in=5", &bytes_out], "{line}");
+    assert!(
+        fields[8].starts_with("client=127.0.0.1:") && fields.len() == 9,
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_can_silence_access_lines() {
+    let blue = Backend::echo("blue").await;
+    let mut proxy = ProxyProcess::start(&[
+        ("BLUE", &blue.url()),
+        ("RUST_LOG", "info,colorproxy::access=off"),
+    ]);
+    let client = client();
+    assert_eq!(get(&client, &proxy.url("/")).await.status, 200);
+    drop(client);
+    proxy.signal("TERM");
+    assert!(proxy.wait_exit().success());
+    let output = proxy.output();
+    assert!(output.contains("colorproxy starting"), "{output}");
+    assert!(!output.contains("colorproxy::access"), "{output}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_off_silences_only_access_events() {
     let dead = dead_address().await;
