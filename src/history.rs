@@ -228,7 +228,10 @@ mod tests {
         // Nothing new: no rate, no error rate, no latency.
         h.record(5_000, vec![sample(150, 5, &[(3, 150)], 0.25)]);
         let c = &h.points().nth(1).unwrap().colors[0];
-        assert_eq!((c.requests_per_second, c.error_rate, c.p50), (0.0, None, None));
+        assert_eq!(
+            (c.requests_per_second, c.error_rate, c.p50),
+            (0.0, None, None)
+        );
     }
 
     #[test]
@@ -241,7 +244,10 @@ mod tests {
         assert_eq!(times, [14_000, 16_000, 18_000]);
         let view = h.view(&["blue"]);
         assert_eq!(view["times"], json!([14_000, 16_000, 18_000]));
-        assert_eq!(view["colors"][0]["requests_per_second"], json!([5.0, 5.0, 5.0]));
+        assert_eq!(
+            view["colors"][0]["requests_per_second"],
+            json!([5.0, 5.0, 5.0])
+        );
         assert_eq!(view["colors"][0]["name"], "blue");
     }
 
@@ -254,7 +260,10 @@ mod tests {
         assert!(h.is_empty());
         // The next sample spans from the first one.
         h.record(12_000, vec![sample(40, 0, &[], 1.0)]);
-        assert_eq!(h.points().next().unwrap().colors[0].requests_per_second, 20.0);
+        assert_eq!(
+            h.points().next().unwrap().colors[0].requests_per_second,
+            20.0
+        );
     }
 
     #[test]

@@ -363,7 +363,8 @@ impl Metrics {
     /// What the color at `color` (configuration order) has answered so far, and its endpoints
     /// as last set by [`Metrics::set_endpoints`].
     pub fn totals(&self, color: usize) -> ColorTotals {
-        let (Some(per_color), Some(&name)) = (self.per_color.get(color), self.color_names.get(color))
+        let (Some(per_color), Some(&name)) =
+            (self.per_color.get(color), self.color_names.get(color))
         else {
             return ColorTotals::default();
         };

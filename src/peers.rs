@@ -15,8 +15,8 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use serde_json::{Value, json};
+use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use crate::config::Discovery;

@@ -82,7 +82,13 @@ impl Status {
     }
 
     /// The document `/status` answers. `config_view`: `/config` as it is now.
-    pub fn view(&self, proxy: &Proxy, config_view: &Value, draining: bool, now: SystemTime) -> Value {
+    pub fn view(
+        &self,
+        proxy: &Proxy,
+        config_view: &Value,
+        draining: bool,
+        now: SystemTime,
+    ) -> Value {
         let metrics = proxy.metrics();
         let colors: Vec<Value> = colors(proxy)
             .into_iter()
@@ -171,7 +177,10 @@ pub fn page() -> Response<Full<Bytes>> {
         HeaderValue::from_str(csp()).expect("the policy is ASCII"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     private(resp)
 }
 
@@ -233,11 +242,14 @@ fn hashes(html: &str, tag: &str) -> String {
 }
 
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
         for k in 0..4 {
             if k <= chunk.len() {
@@ -272,7 +284,10 @@ mod tests {
         );
         assert_eq!(hashes("<p>no script</p>", "script"), "'none'");
         let policy = csp();
-        assert!(policy.starts_with("default-src 'none'; script-src 'sha256-"), "{policy}");
+        assert!(
+            policy.starts_with("default-src 'none'; script-src 'sha256-"),
+            "{policy}"
+        );
         assert!(!policy.contains("unsafe"), "{policy}");
         // One script and one style, each inline: nothing else for a hash to miss.
         assert_eq!(PAGE.matches("<script").count(), 1);
@@ -282,11 +297,23 @@ mod tests {
 
     #[test]
     fn the_page_never_writes_data_as_markup() {
-        for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("] {
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+        ] {
             assert!(!PAGE.contains(sink), "the page uses {sink}");
         }
         // Nothing to load from elsewhere: no URL but the SVG namespace, no src, no import.
-        for external in ["https://", " src=", "@import", "url(", "<link rel=\"stylesheet"] {
+        for external in [
+            "https://",
+            " src=",
+            "@import",
+            "url(",
+            "<link rel=\"stylesheet",
+        ] {
             assert!(!PAGE.contains(external), "the page loads {external}");
         }
         assert_eq!(
