@@ -217,3 +217,52 @@ async fn ask(addr: SocketAddr) -> Result<serde_json::Value, String> {
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {ASK_TIMEOUT:?}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(hash: &str, instance: &str) -> Result<Value, String> {
+        Ok(json!({ "config_hash": hash, "instance": instance, "tripped": [], "version": "1" }))
+    }
+
+    #[test]
+    fn the_roster_tells_whether_every_replica_runs_this_configuration() {
+        let roster = Roster::default();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let view = roster.view("aaa", "me");
+        assert_eq!(view["converged"], false, "nobody asked yet: {view}");
+        let a: SocketAddr = "127.0.0.1:9901".parse().unwrap();
+        let b: SocketAddr = "127.0.0.2:9901".parse().unwrap();
+        roster.answered(
+            vec![(a, answer("aaa", "me")), (b, answer("aaa", "other"))],
+            at,
+        );
+        let view = roster.view("aaa", "me");
+        assert_eq!(view["converged"], true, "{view}");
+        assert_eq!(view["replicas"][0]["this"], true);
+        assert_eq!(view["replicas"][1]["this"], false);
+        assert_eq!(view["polled_at"], "2023-11-14T22:13:20Z");
+        // One replica on another configuration, one that did not answer: not converged.
+        roster.answered(
+            vec![(a, answer("aaa", "me")), (b, answer("bbb", "other"))],
+            at,
+        );
+        let view = roster.view("aaa", "me");
+        assert_eq!(view["converged"], false);
+        assert_eq!(view["replicas"][1]["same_config"], false);
+        roster.answered(
+            vec![(a, answer("aaa", "me")), (b, Err("timeout".into()))],
+            at,
+        );
+        let view = roster.view("aaa", "me");
+        assert_eq!(view["converged"], false);
+        assert_eq!(view["replicas"][1]["error"], "timeout");
+        // A name that stops resolving keeps the last replicas, with the error.
+        roster.failed("neither tasks.proxy nor proxy resolves", at);
+        let view = roster.view("aaa", "me");
+        assert_eq!(view["converged"], false);
+        assert_eq!(view["replicas"].as_array().unwrap().len(), 2);
+        assert_eq!(view["error"], "neither tasks.proxy nor proxy resolves");
+    }
+}

@@ -258,6 +258,10 @@ async fn status_agrees_with_metrics_and_keeps_history() {
     let this: Vec<&Value> = replicas.iter().filter(|r| r["this"] == true).collect();
     assert_eq!(this.len(), 1, "{peers}");
     assert_eq!(this[0]["same_config"], true);
+    assert_eq!(this[0]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(this[0]["guard"][0]["color"], "green");
+    assert_eq!(this[0]["guard"][0]["state"], "watching");
+    assert_eq!(this[0]["guard"][0]["share"], 10);
     assert!(replicas.iter().any(|r| r["config_hash"] == HOSTILE_HASH));
     assert_eq!(
         green["guard"]["state"], "watching",
