@@ -502,7 +502,32 @@ async fn status_page_in_chromium() {
         1,
         "only the page's own script"
     );
-    // A screenshot, for the README (docs/status.png) and for whoever looks at a CI run.
+    // A screenshot, for the README (docs/status.png) and for whoever looks at a CI run, with
+    // traffic flowing again for two more points of history.
+    let url = setup.proxy.url("/");
+    let traffic = tokio::spawn(async move {
+        let client = client();
+        for n in 1u64.. {
+            let _ = get(&client, &format!("{url}?{n}")).await;
+        }
+    });
+    let client = client();
+    let status_url = setup.proxy.admin_url("/status");
+    let points = |body: &str| {
+        serde_json::from_str::<Value>(body).unwrap()["history"]["times"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let before = points(&get(&client, &status_url).await.body);
+    let deadline = Instant::now() + TIMEOUT;
+    while points(&get(&client, &status_url).await.body) < (before + 2).min(150) {
+        assert!(
+            Instant::now() < deadline,
+            "the history stopped at {before} points"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let shot = std::env::var("STATUS_SCREENSHOT")
         .unwrap_or_else(|_| concat!(env!("CARGO_TARGET_TMPDIR"), "/status.png").to_string());
     let _ = std::fs::remove_file(&shot);
@@ -518,6 +543,7 @@ async fn status_page_in_chromium() {
     })
     .await
     .unwrap();
+    traffic.abort();
     let png = std::fs::read(&shot).expect("the screenshot");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "{shot}");
     println!("screenshot: {shot}");
