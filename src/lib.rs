@@ -140,8 +140,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     info!(workers, "listening on {addr}");
     if let Some(admin_listener) = admin_listener {
-        let admin = local_addr(&admin_listener)?;
-        info!("admin endpoints on {admin}");
+        info!("admin endpoints on {}", local_addr(&admin_listener)?);
         tokio::spawn(status::run(status, proxy.clone()));
         tokio::spawn(admin::serve(admin_listener, admin_state.clone()));
     }

@@ -406,3 +406,51 @@ impl Metrics {
 pub fn intern(name: &str) -> &'static str {
     Box::leak(name.to_owned().into_boxed_str())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_count_answers_errors_and_latency_buckets_as_the_histogram_does() {
+        let config = Config::from_vars([
+            ("BLUE", "http://127.0.0.1:1"),
+            ("GREEN", "http://127.0.0.1:2"),
+        ])
+        .unwrap();
+        let m = Metrics::new(&config);
+        // A bound is inclusive (le="0.001" counts 1 ms), as in the exposition.
+        for (status, seconds) in [
+            (200, 0.0005),
+            (200, 0.001),
+            (404, 0.0011),
+            (502, 0.3),
+            (503, 61.0),
+        ] {
+            m.record(0, status, seconds);
+        }
+        m.record(1, 200, 0.002);
+        m.record(usize::MAX, 503, 0.002);
+        m.set_endpoints(m.color_names()[0], 2, 1);
+        let blue = m.totals(0);
+        assert_eq!((blue.requests, blue.errors), (5, 2));
+        assert_eq!((blue.live, blue.ejected), (2, 1));
+        assert_eq!(blue.latency.len(), DURATION_BUCKETS.len() + 1);
+        assert_eq!(blue.latency[0], 2, "{:?}", blue.latency);
+        assert_eq!(blue.latency[1], 1);
+        assert_eq!(blue.latency[8], 1, "0.3 s is in the 0.25-0.5 bucket");
+        assert_eq!(blue.latency[DURATION_BUCKETS.len()], 1, "above every bound");
+        assert_eq!(blue.latency.iter().sum::<u64>(), 5);
+        let green = m.totals(1);
+        assert_eq!((green.requests, green.errors, green.live), (1, 0, 0));
+        assert_eq!(m.totals(7), ColorTotals::default());
+        // The same counts as the exposition.
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"colorproxy_request_duration_seconds_bucket{le="0.001",color="blue"} 2"#
+            ),
+            "{text}"
+        );
+    }
+}
