@@ -472,14 +472,15 @@ all_from blue demo_myapp-v1
 step_done "$sample_sent" "$sample_failed" "$sample_retried"
 
 # The README's way to the status page: a forwarder service (colorproxy itself) in front of one
-# proxy task's admin port, published in host mode.
+# proxy task's admin port, published in host mode (its own admin port stays on: the image's
+# HEALTHCHECK asks it).
 step "stack: the status page of one proxy task, through a forwarder service"
 task=$(docker service ps -q --filter desired-state=running demo_proxy | head -n1)
 admin_ip=$(docker inspect -f '{{range .NetworksAttachments}}{{if eq .Network.Spec.Name "demo_backend"}}{{index .Addresses 0}}{{end}}{{end}}' "$task")
 admin_ip=${admin_ip%/*}
 [ -n "$admin_ip" ] || die "task $task of demo_proxy has no address on demo_backend"
 run docker service create -q "$nr" --name demo-status --network demo_backend \
-  --publish "mode=host,target=8080,published=$status_port" -eBLUE="http://$admin_ip:9901" -eADMIN_LISTEN=off colorproxy >/dev/null
+  --publish "mode=host,target=8080,published=$status_port" -eBLUE="http://$admin_ip:9901" colorproxy >/dev/null
 services+=(demo-status)
 wait_tasks demo-status 1
 # PEERS: the task has asked both replicas, which run the same configuration.
