@@ -33,6 +33,7 @@ repo=$PWD
 target=x86_64-unknown-linux-gnu
 bin=$repo/target/$target/release
 port=18080          # the edge's host-mode port, on 127.0.0.1
+status_port=19901   # the status page forwarder's host-mode port (the README's way to the page)
 rate=300            # requests per second of the steady load
 connections=8       # keep-alive connections of the load client
 split_requests=1000 # requests to measure a split (>= 500)
@@ -485,6 +486,33 @@ wait_answer
 sample 300
 all_from blue demo_myapp-v1
 step_done "$sample_sent" "$sample_failed" "$sample_retried"
+
+# The README's way to the status page: a forwarder service (colorproxy itself) in front of one
+# proxy task's admin port, published in host mode (its own admin port stays on: the image's
+# HEALTHCHECK asks it).
+step "stack: the status page of one proxy task, through a forwarder service"
+task=$(docker service ps -q --filter desired-state=running demo_proxy | head -n1)
+admin_ip=$(docker inspect -f '{{range .NetworksAttachments}}{{if eq .Network.Spec.Name "demo_backend"}}{{index .Addresses 0}}{{end}}{{end}}' "$task")
+admin_ip=${admin_ip%/*}
+[ -n "$admin_ip" ] || die "task $task of demo_proxy has no address on demo_backend"
+run docker service create -q "$nr" --name demo-status --network demo_backend \
+  --publish "mode=host,target=8080,published=$status_port" -eBLUE="http://$admin_ip:9901" colorproxy >/dev/null
+services+=(demo-status)
+wait_tasks demo-status 1
+# PEERS: the task has asked both replicas, which run the same configuration.
+for i in $(seq $((timeout_s * 2))); do
+  status_json=$(curl -fsS -m 5 "http://127.0.0.1:$status_port/status" 2>/dev/null) || status_json=
+  [ "$(grep -o '"address":' <<<"$status_json" | wc -l)" -eq 2 ] && grep -q '"converged":true' <<<"$status_json" && break
+  [ "$i" -lt $((timeout_s * 2)) ] || die "no converged /status with 2 replicas from 127.0.0.1:$status_port after ${timeout_s} s: $status_json"
+  sleep 0.5
+done
+page_headers=$(curl -fsS -m 5 -D - -o "$work/status.html" "http://127.0.0.1:$status_port/")
+grep -qi "^content-security-policy: default-src 'none'" <<<"$page_headers" || die "the page came without its policy: $page_headers"
+grep -q 'fetch("status"' "$work/status.html" || die "not the status page: $(head -c 300 "$work/status.html")"
+echo "the status page of task $task ($admin_ip) answers on 127.0.0.1:$status_port; its PEERS have converged"
+run docker service rm demo-status >/dev/null
+services=(demo-edge)
+step_done
 
 under_load "stack: scripts/rollout canary demo_proxy green http://myapp-v2:8080 20" demo_proxy 2 \
   scripts/rollout canary demo_proxy green http://myapp-v2:8080 20

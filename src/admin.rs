@@ -1,5 +1,5 @@
-//! The admin listener: health, readiness, metrics and the effective configuration, on a port
-//! of its own so that no path of the proxied app is ever shadowed.
+//! The admin listener: the status page, health, readiness, metrics and the effective
+//! configuration, on a port of its own so that no path of the proxied app is ever shadowed.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use crate::proxy::Proxy;
+use crate::status::{self, Status};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -29,16 +30,29 @@ pub struct AdminState {
     /// `/config`, rendered once when nothing in it moves.
     config_json: String,
     draining: AtomicBool,
+    status: Arc<Status>,
 }
 
 impl AdminState {
-    pub fn new(proxy: Arc<Proxy>, config_view: &serde_json::Value) -> AdminState {
+    pub fn new(
+        proxy: Arc<Proxy>,
+        config_view: &serde_json::Value,
+        status: Arc<Status>,
+    ) -> AdminState {
         AdminState {
             proxy,
             config_view: config_view.clone(),
             config_json: format!("{config_view:#}\n"),
             draining: AtomicBool::new(false),
+            status,
         }
+    }
+
+    /// `/config` as it is now.
+    fn config_now(&self, now: std::time::SystemTime) -> serde_json::Value {
+        let mut view = self.config_view.clone();
+        self.proxy.delivery().patch_view(&mut view, now);
+        view
     }
 
     /// From now on `/ready` answers 503, so load balancers stop sending new requests.
@@ -54,6 +68,15 @@ impl AdminState {
             return resp;
         }
         match req.uri().path() {
+            "/" => status::page(),
+            "/status" => {
+                let now = std::time::SystemTime::now();
+                let draining = self.draining.load(Ordering::SeqCst);
+                let view = self
+                    .status
+                    .view(&self.proxy, &self.config_now(now), draining, now);
+                status::json_response(&view)
+            }
             "/healthz" => plain(StatusCode::OK, "ok\n"),
             "/ready" if self.draining.load(Ordering::SeqCst) => {
                 plain(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
@@ -69,21 +92,18 @@ impl AdminState {
                 with_type(StatusCode::OK, self.config_json.clone(), "application/json")
             }
             "/config" => {
-                let mut view = self.config_view.clone();
-                self.proxy
-                    .delivery()
-                    .patch_view(&mut view, std::time::SystemTime::now());
+                let view = self.config_now(std::time::SystemTime::now());
                 with_type(StatusCode::OK, format!("{view:#}\n"), "application/json")
             }
             // What peers ask each other (PEERS): the config hash and the tripped colors.
             "/guard" => with_type(
                 StatusCode::OK,
-                format!("{}\n", self.proxy.delivery().peer_view()),
+                format!("{}\n", self.status.guard_answer(&self.proxy)),
                 "application/json",
             ),
             _ => plain(
                 StatusCode::NOT_FOUND,
-                "not found: try /healthz, /ready, /metrics, /config or /guard\n",
+                "not found: try /, /status, /healthz, /ready, /metrics, /config or /guard\n",
             ),
         }
     }

@@ -425,13 +425,36 @@ impl Delivery {
         }
     }
 
-    fn guard_view(&self, route: &Ramped, st: &State) -> Value {
-        let state = match (&st.trip, self.settings.enabled, st.held) {
+    fn state_name(&self, st: &State) -> &'static str {
+        match (&st.trip, self.settings.enabled, st.held) {
             (Some(_), _, _) => "tripped",
             (None, false, _) => "off",
             (None, true, true) => "holding",
             (None, true, false) => "watching",
-        };
+        }
+    }
+
+    /// Each ramped color's guard state, step and share in force, in short: what the status
+    /// page shows of a peer.
+    pub fn guard_states(&self) -> Value {
+        self.routes
+            .iter()
+            .map(|r| {
+                let st = r.state();
+                json!({
+                    "color": r.canary(),
+                    "route": r.prefix,
+                    "state": self.state_name(&st),
+                    "step": st.step,
+                    "steps": r.ramp.steps.len(),
+                    "share": r.share(st.step),
+                })
+            })
+            .collect()
+    }
+
+    fn guard_view(&self, route: &Ramped, st: &State) -> Value {
+        let state = self.state_name(st);
         let figures = |f: Figures| {
             json!({
                 "requests": f.requests,

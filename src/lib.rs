@@ -18,6 +18,7 @@ pub mod endpoints;
 pub mod exchange;
 pub mod fd_limit;
 pub mod guard;
+pub mod history;
 pub mod log_writer;
 pub mod logging;
 pub mod metrics;
@@ -29,6 +30,7 @@ pub mod request_checks;
 pub mod server;
 pub mod signal;
 pub mod spill;
+pub mod status;
 pub mod typos;
 pub mod upstream;
 
@@ -120,29 +122,44 @@ pub async fn run(config: Config) -> Result<(), String> {
         tokio::spawn(delivery::run(delivery.clone()));
     }
 
-    let admin_state = Arc::new(admin::AdminState::new(proxy.clone(), &config.view()));
+    // The admin port here is the one bound; peers listen on the configured one.
+    let peers = match (&config.guard.peers, config.admin_listen) {
+        (Some((host, port)), Some(admin)) => Some((host.clone(), port.unwrap_or(admin.port()))),
+        _ => None,
+    };
+    let roster = Arc::new(peers::Roster::default());
+    let status = Arc::new(status::Status::new(peers.as_ref().map(|(host, port)| {
+        status::PeerList {
+            name: format!("{host}:{port}"),
+            roster: roster.clone(),
+        }
+    })));
+    let admin_state = Arc::new(admin::AdminState::new(
+        proxy.clone(),
+        &config.view(),
+        status.clone(),
+    ));
     let addr = local_addr(&listener)?;
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     info!(workers, "listening on {addr}");
     if let Some(admin_listener) = admin_listener {
         info!("admin endpoints on {}", local_addr(&admin_listener)?);
+        tokio::spawn(status::run(status, proxy.clone()));
         tokio::spawn(admin::serve(admin_listener, admin_state.clone()));
     }
-    if let (false, Some((host, port)), Some(admin)) = (
-        delivery.is_empty(),
-        &config.guard.peers,
-        config.admin_listen,
-    ) {
-        // The admin port here is the one bound; peers listen on the configured one.
-        let port = port.unwrap_or(admin.port());
-        let first = peers::poll(&delivery, &resolver, host, port, false);
-        if tokio::time::timeout(FIRST_PEER_POLL_TIMEOUT, first)
-            .await
-            .is_err()
-        {
-            warn!("PEERS are slow to answer: serving before knowing of their trips");
+    // Without a ramp there is no trip to learn, but the status page still shows whether the
+    // replicas run the same configuration.
+    if let Some((host, port)) = peers {
+        if !delivery.is_empty() {
+            let first = peers::poll(&delivery, &roster, &resolver, &host, port, false);
+            if tokio::time::timeout(FIRST_PEER_POLL_TIMEOUT, first)
+                .await
+                .is_err()
+            {
+                warn!("PEERS are slow to answer: serving before knowing of their trips");
+            }
         }
-        tokio::spawn(peers::run(delivery, resolver.clone(), host.clone(), port));
+        tokio::spawn(peers::run(delivery, roster, resolver.clone(), host, port));
     }
     let shutdown = async move {
         let name = signals.recv().await;

@@ -7,7 +7,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -18,14 +18,30 @@ pub const NO_COLOR: &str = "none";
 
 /// Seconds; from 1 ms (a fast upstream on the same host) to a minute (the default
 /// REQUEST_TIMEOUT).
-const DURATION_BUCKETS: [f64; 15] = [
+pub const DURATION_BUCKETS: [f64; 15] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
 struct ColorMetrics {
     duration: Histogram,
+    /// The same observations as `duration`, per bucket (not cumulative; the last one is above
+    /// every bound), which the histogram does not let us read back: the status page's
+    /// percentiles ([`crate::history`]).
+    latency: [AtomicU64; DURATION_BUCKETS.len() + 1],
     /// Indexed by status code; filled on first use.
     requests: Box<[OnceLock<Counter>]>,
+}
+
+/// What a color has answered since the start: the status page's counters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ColorTotals {
+    pub requests: u64,
+    /// Answers of 500 and above (colorproxy's own 502/504 for a failed upstream included).
+    pub errors: u64,
+    /// Requests per [`DURATION_BUCKETS`] bucket, then above the last bound.
+    pub latency: Vec<u64>,
+    pub live: u64,
+    pub ejected: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -260,6 +276,7 @@ impl Metrics {
             .iter()
             .map(|&color| ColorMetrics {
                 duration: duration.get_or_create(&ColorLabels { color }).clone(),
+                latency: std::array::from_fn(|_| AtomicU64::new(0)),
                 requests: (0..1000).map(|_| OnceLock::new()).collect(),
             })
             .collect();
@@ -313,6 +330,9 @@ impl Metrics {
             return;
         };
         per_color.duration.observe(seconds);
+        // Prometheus buckets are upper bounds, inclusive.
+        let bucket = DURATION_BUCKETS.partition_point(|&bound| bound < seconds);
+        per_color.latency[bucket].fetch_add(1, Ordering::Relaxed);
         let name = self.color_names[color];
         match per_color.requests.get(usize::from(status)) {
             Some(cell) => cell
@@ -360,6 +380,39 @@ impl Metrics {
         }
     }
 
+    /// What the color at `color` (configuration order) has answered so far, and its endpoints
+    /// as last set by [`Metrics::set_endpoints`].
+    pub fn totals(&self, color: usize) -> ColorTotals {
+        let (Some(per_color), Some(&name)) =
+            (self.per_color.get(color), self.color_names.get(color))
+        else {
+            return ColorTotals::default();
+        };
+        let mut t = ColorTotals::default();
+        for (code, cell) in per_color.requests.iter().enumerate() {
+            if let Some(counter) = cell.get() {
+                let n = counter.get();
+                t.requests += n;
+                if code >= 500 {
+                    t.errors += n;
+                }
+            }
+        }
+        t.latency = per_color
+            .latency
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect();
+        let gauge = |state| {
+            self.endpoints
+                .get(&EndpointLabels { color: name, state })
+                .map_or(0, |g| g.get().max(0) as u64)
+        };
+        t.live = gauge("live");
+        t.ejected = gauge("ejected");
+        t
+    }
+
     /// The OpenMetrics text exposition, which Prometheus scrapes.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -372,4 +425,52 @@ impl Metrics {
 /// as the process, so leaking them costs a few bytes once.
 pub fn intern(name: &str) -> &'static str {
     Box::leak(name.to_owned().into_boxed_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_count_answers_errors_and_latency_buckets_as_the_histogram_does() {
+        let config = Config::from_vars([
+            ("BLUE", "http://127.0.0.1:1"),
+            ("GREEN", "http://127.0.0.1:2"),
+        ])
+        .unwrap();
+        let m = Metrics::new(&config);
+        // A bound is inclusive (le="0.001" counts 1 ms), as in the exposition.
+        for (status, seconds) in [
+            (200, 0.0005),
+            (200, 0.001),
+            (404, 0.0011),
+            (502, 0.3),
+            (503, 61.0),
+        ] {
+            m.record(0, status, seconds);
+        }
+        m.record(1, 200, 0.002);
+        m.record(usize::MAX, 503, 0.002);
+        m.set_endpoints(m.color_names()[0], 2, 1);
+        let blue = m.totals(0);
+        assert_eq!((blue.requests, blue.errors), (5, 2));
+        assert_eq!((blue.live, blue.ejected), (2, 1));
+        assert_eq!(blue.latency.len(), DURATION_BUCKETS.len() + 1);
+        assert_eq!(blue.latency[0], 2, "{:?}", blue.latency);
+        assert_eq!(blue.latency[1], 1);
+        assert_eq!(blue.latency[8], 1, "0.3 s is in the 0.25-0.5 bucket");
+        assert_eq!(blue.latency[DURATION_BUCKETS.len()], 1, "above every bound");
+        assert_eq!(blue.latency.iter().sum::<u64>(), 5);
+        let green = m.totals(1);
+        assert_eq!((green.requests, green.errors, green.live), (1, 0, 0));
+        assert_eq!(m.totals(7), ColorTotals::default());
+        // The same counts as the exposition.
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"colorproxy_request_duration_seconds_bucket{le="0.001",color="blue"} 2"#
+            ),
+            "{text}"
+        );
+    }
 }

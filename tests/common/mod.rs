@@ -33,6 +33,8 @@ pub struct ProxyProcess {
     lines: Arc<Mutex<Vec<String>>>,
     new_line: mpsc::Receiver<String>,
     exited: mpsc::Receiver<ExitStatus>,
+    /// One message per output stream read to its end.
+    eof: mpsc::Receiver<()>,
     status: Option<ExitStatus>,
 }
 
@@ -57,17 +59,20 @@ impl ProxyProcess {
         let pid = child.id();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (line_tx, new_line) = mpsc::channel();
+        let (eof_tx, eof) = mpsc::channel();
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
             Box::new(child.stderr.take().unwrap()),
         ] {
             let lines = lines.clone();
             let tx = line_tx.clone();
+            let eof_tx = eof_tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     lines.lock().unwrap().push(line.clone());
                     let _ = tx.send(line);
                 }
+                let _ = eof_tx.send(());
             });
         }
         let (exit_tx, exited) = mpsc::channel();
@@ -83,6 +88,7 @@ impl ProxyProcess {
             lines,
             new_line,
             exited,
+            eof,
             status: None,
         };
         let line = proxy.wait_for_log("listening on ");
@@ -159,6 +165,11 @@ impl ProxyProcess {
                 self.output()
             )
         });
+        // The last lines may still be on their way from the pipes: the output is complete
+        // once both streams have ended.
+        for _ in 0..2 {
+            let _ = self.eof.recv_timeout(TIMEOUT);
+        }
         self.status = Some(status);
         status
     }
