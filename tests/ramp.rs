@@ -604,7 +604,8 @@ async fn sticky_clients_only_move_to_the_canary_as_it_ramps() {
         ("BLUE", blue.url()),
         ("GREEN", green_b.url()),
         ("GREEN_RAMP", "10,50,100".to_string()),
-        ("GREEN_RAMP_INTERVAL", "3s".to_string()),
+        // Long enough for a sweep of 100 requests to fall within one step on a busy machine.
+        ("GREEN_RAMP_INTERVAL", "6s".to_string()),
         ("GREEN_RAMP_START", time(1)),
         ("GUARD_MIN_REQUESTS", "5".to_string()),
         ("STICKY", "cookie".to_string()),
@@ -616,7 +617,7 @@ async fn sticky_clients_only_move_to_the_canary_as_it_ramps() {
     let client = client();
     // Green's buckets (of 100 sampled clients) at each step.
     let mut by_step: std::collections::BTreeMap<u64, Vec<u32>> = Default::default();
-    let deadline = Instant::now() + TIMEOUT;
+    let deadline = Instant::now() + 2 * TIMEOUT;
     while !by_step.contains_key(&3) {
         let before = green(&client, &config).await["ramp"]["step"]
             .as_u64()
