@@ -9,6 +9,7 @@ pub mod admin;
 pub mod balancer;
 pub mod blame;
 pub mod buffering;
+pub mod codec;
 pub mod config;
 pub mod delivery;
 pub mod discovery;
