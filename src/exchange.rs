@@ -19,13 +19,14 @@ use tokio::sync::Notify;
 
 use crate::blame::{CLIENT_CLOSED, ClientFault};
 use crate::buffering::{Buffered, Partial, ResponseAhead};
+use crate::codec;
 use crate::endpoints::{Endpoint, InFlight};
 use crate::metrics::{Metrics, NO_COLOR};
 use crate::upstream::UpstreamBody;
 
 /// A response on its way to the client: the upstream's as it streams, read ahead, or a short
 /// message of the proxy's own.
-pub type Outgoing = Either<Either<UpstreamBody, ResponseAhead<hyper::Error>>, Full<Bytes>>;
+pub type Outgoing = Either<Either<UpstreamBody, ResponseAhead<codec::Error>>, Full<Bytes>>;
 
 pub struct Exchange {
     metrics: Arc<Metrics>,

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use crate::balancer::{Balancer, RouteBalancer};
 use crate::blame::ClientFault;
 use crate::buffering::{self, Budget, RequestAhead, ResponseFailure, ResponseRead};
+use crate::codec::Upgraded;
 use crate::config::{BUCKETS, Color, Config, Discovery, Sticky};
 use crate::delivery::Delivery;
 use crate::discovery::{Resolver, Watch};
@@ -616,7 +617,13 @@ impl Proxy {
                 ErrorKind::Connect | ErrorKind::Dns => {
                     resendable && attempts < MAX_ATTEMPTS && started.elapsed() < self.retry_window
                 }
-                ErrorKind::Reset => !reset_retried && body_empty && parts.method.is_idempotent(),
+                // An invalid response was still an answer: the request was heard.
+                ErrorKind::Reset => {
+                    !reset_retried
+                        && !e.invalid_response
+                        && body_empty
+                        && parts.method.is_idempotent()
+                }
                 ErrorKind::Timeout => false,
             };
             failed.push(endpoint.authority.clone());
@@ -759,7 +766,15 @@ impl Proxy {
                     ),
                 );
             };
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let Some(upstream_upgrade) = resp.body_mut().take_upgraded() else {
+                return text(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "colorproxy: upstream {} gave no connection to switch\n",
+                        target.name
+                    ),
+                );
+            };
             let guard = TunnelGuard::new(&self.tunnels);
             let color = target.name;
             tokio::spawn(async move {
@@ -768,17 +783,6 @@ impl Proxy {
             });
             let (parts, _) = resp.into_parts();
             return Response::from_parts(parts, Either::Right(Full::default()));
-        }
-        // RFC 9112 §6.3: a response with both is a framing attack or a broken upstream; either
-        // way its body cannot be passed on with one meaning. Its connection closes with it.
-        if resp.headers().contains_key(header::CONTENT_LENGTH)
-            && resp.headers().contains_key(header::TRANSFER_ENCODING)
-        {
-            let e = UpstreamError::new(
-                ErrorKind::Reset,
-                "the response has both Content-Length and Transfer-Encoding".into(),
-            );
-            return self.failed_response(target, endpoint, e);
         }
         strip_hop_by_hop(resp.headers_mut());
         let (parts, body) = resp.into_parts();
@@ -1133,20 +1137,26 @@ impl Drop for TunnelGuard {
 }
 
 /// Copies bytes both ways between client and upstream once both sides have switched protocols.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    color: &'static str,
-) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: Upgraded, color: &'static str) {
+    let client = match client.await {
+        Ok(client) => client,
         Err(e) => {
             warn!(%color, error = %e, "upgrade failed");
             return;
         }
     };
     let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
+    let Upgraded {
+        stream: mut upstream,
+        read_ahead,
+    } = upstream;
+    // What the upstream sent right after its 101 is the tunnel's first bytes.
+    if !read_ahead.is_empty()
+        && let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut client, &read_ahead).await
+    {
+        debug!(%color, error = %e, "upgraded connection ended with an error");
+        return;
+    }
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((up, down)) => {
             debug!(%color, bytes_up = up, bytes_down = down, "upgraded connection closed")
