@@ -20,20 +20,24 @@ use tracing::{debug, info, warn};
 
 use crate::balancer::{Balancer, RouteBalancer};
 use crate::blame::ClientFault;
-use crate::buffering::{self, Budget, RequestAhead, ResponseFailure, ResponseRead};
-use crate::codec::Upgraded;
+use crate::buffering::{self, Budget, RequestAhead, ResponseAhead, ResponseFailure, ResponseRead};
+use crate::codec::{self, Upgraded};
 use crate::config::{BUCKETS, Color, Config, Discovery, Sticky};
 use crate::delivery::Delivery;
 use crate::discovery::{Resolver, Watch};
 use crate::endpoints::{Endpoint, EndpointSet};
-use crate::exchange::{Exchange, Outgoing, RequestBody, ResponseBody};
+use crate::exchange::{Exchange, RequestBody, ResponseBody};
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::request_checks;
 use crate::upstream::{ErrorKind, UpstreamBody, UpstreamClient, UpstreamError};
 
 /// The body the proxy answers with: the upstream's, streamed, or a short message of its own.
-pub type ProxyBody = ResponseBody;
+pub type ProxyBody = ResponseBody<Outgoing>;
 type Body = Outgoing;
+
+/// A response on its way to the client: the upstream's as it streams, read ahead, or a short
+/// message of the proxy's own.
+pub type Outgoing = Either<Either<UpstreamBody, ResponseAhead<codec::Error>>, Full<Bytes>>;
 
 /// Attempts for a request whose earlier attempts never reached an upstream (refused,
 /// unreachable, connect timeout, DNS): enough to get past a Swarm node's worth of dead tasks.

@@ -386,9 +386,12 @@ impl ResponseBody {
             return None;
         }
         let mut conn = self.conn.take()?;
-        // Frames of this response may still share the read buffer: let them keep it.
-        conn.buf = BytesMut::new();
-        conn.next_read = FIRST_READ;
+        // The read buffer is reused in place once this response's frames are gone; one that
+        // grew for a large body is let go, so that an idle connection holds little.
+        if conn.next_read > FIRST_READ {
+            conn.buf = BytesMut::new();
+            conn.next_read = FIRST_READ;
+        }
         if conn.head.capacity() > KEPT_HEAD_BUFFER {
             conn.head = Vec::new();
         }

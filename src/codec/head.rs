@@ -1,6 +1,8 @@
 //! Message heads: the request head as it goes on the wire, and the response head as it comes
 //! back, parsed with `httparse` and judged for framing and keep-alive (RFC 9112 §6, §9.3).
 
+use std::mem::MaybeUninit;
+
 use bytes::BytesMut;
 use hyper::body::Bytes;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -111,11 +113,18 @@ pub struct ResponseHead {
 /// per field.
 pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>, Error> {
     // Positions instead of slices, so that the head can be split off and shared afterwards.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_FIELDS];
+    // A head is at most 64 KiB: offsets fit in 16 bits.
+    let mut spans = [(0u16, 0u16, 0u16, 0u16); MAX_FIELDS];
     let (len, code, minor, count) = {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-        let mut resp = httparse::Response::new(&mut fields);
-        let len = match resp.parse(buf) {
+        // Left uninitialised: httparse writes only the fields it finds.
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+        let mut resp = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            buf,
+            &mut fields,
+        );
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => {
                 if buf.len() > MAX_HEAD {
@@ -130,7 +139,7 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Resp
             }
             Err(e) => return Err(Error::invalid(format!("bad response head: {e}"))),
         };
-        if len > MAX_HEAD {
+        if len >= MAX_HEAD {
             return Err(Error::invalid("the response head is over 64 KiB"));
         }
         let base = buf.as_ptr() as usize;
@@ -138,11 +147,12 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Resp
         for (span, f) in spans.iter_mut().zip(resp.headers.iter()) {
             let name = f.name.as_ptr() as usize - base;
             let value = f.value.as_ptr() as usize - base;
+            // All below `len`, so below 64 KiB.
             *span = (
-                name as u32,
-                f.name.len() as u32,
-                value as u32,
-                f.value.len() as u32,
+                name as u16,
+                f.name.len() as u16,
+                value as u16,
+                f.value.len() as u16,
             );
         }
         (
@@ -157,14 +167,15 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Resp
         .map_err(|_| Error::invalid(format!("bad response status {code}")))?;
     let mut headers = HeaderMap::with_capacity(count);
     for &(n, nl, v, vl) in &spans[..count] {
-        let name = &head[n as usize..(n + nl) as usize];
+        let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
+        let name = &head[n..n + nl];
         let name = HeaderName::from_bytes(name).map_err(|_| {
             Error::invalid(format!(
                 "bad response field name {:?}",
                 String::from_utf8_lossy(name)
             ))
         })?;
-        let value = HeaderValue::from_maybe_shared(head.slice(v as usize..(v + vl) as usize))
+        let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
             .map_err(|_| Error::invalid(format!("bad value for response field {name}")))?;
         headers.append(name, value);
     }
