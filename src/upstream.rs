@@ -14,15 +14,24 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::{Body, Bytes, Frame, SizeHint};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Response, StatusCode};
 use tokio::net::TcpStream;
 
 use crate::blame::ClientFault;
+use crate::codec::head::Fields;
 use crate::codec::{self, Connection, SendError, Upgraded};
 use crate::config::Discovery;
 use crate::discovery::{Resolver, discover};
 use crate::endpoints::Endpoint;
 use crate::exchange::{Exchange, RequestBody};
+
+/// A request as it goes upstream: HTTP/1.1 to the origin-form `target`, with `fields` as
+/// they are (the codec adds the framing).
+pub struct RequestHead<'a, F> {
+    pub method: &'a Method,
+    pub target: &'a str,
+    pub fields: &'a F,
+}
 
 /// Connects to endpoints and exchanges requests over their pooled keep-alive connections.
 pub struct UpstreamClient {
@@ -120,12 +129,13 @@ impl UpstreamClient {
     pub async fn send(
         &self,
         endpoint: &Arc<Endpoint>,
-        req: Request<RequestBody>,
+        head: &RequestHead<'_, impl Fields + Sync>,
+        body: RequestBody,
         exchange: &Exchange,
         pooled: bool,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let body_pending = !req.body().is_end_stream();
-        let response = self.exchange(endpoint, req, pooled);
+        let body_pending = !body.is_end_stream();
+        let response = self.exchange(endpoint, head, body, pooled);
         tokio::pin!(response);
         if body_pending {
             let mut sent = exchange.bytes_in();
@@ -172,11 +182,10 @@ impl UpstreamClient {
     async fn exchange(
         &self,
         endpoint: &Arc<Endpoint>,
-        req: Request<RequestBody>,
+        head: &RequestHead<'_, impl Fields + Sync>,
+        mut body: RequestBody,
         pooled: bool,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let (parts, mut body) = req.into_parts();
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         loop {
             let idle = if pooled {
                 endpoint.pool.checkout()
@@ -190,7 +199,7 @@ impl UpstreamClient {
                 None => (Box::pin(self.connect(endpoint)).await?, false),
             };
             match conn
-                .send(&parts.method, target, &parts.headers, &mut body)
+                .send(head.method, head.target, head.fields, &mut body)
                 .await
             {
                 Ok(resp) => {

@@ -16,7 +16,6 @@ use std::task::{Context, Poll};
 use bytes::BytesMut;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Bytes, Frame, SizeHint};
-use hyper::header::HeaderMap;
 use hyper::{Method, Response, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -24,7 +23,7 @@ use tokio::net::tcp::WriteHalf;
 
 use super::Error;
 use super::body::{Decoded, Decoder, Framing};
-use super::head::{self, RequestFraming};
+use super::head::{self, Fields, RequestFraming};
 
 /// Reads start at this size and double, up to [`MAX_READ`], while they fill what they get.
 const FIRST_READ: usize = 8 * 1024;
@@ -102,13 +101,13 @@ impl Connection {
     }
 
     /// Sends one request and reads its response head; the body follows through the returned
-    /// response. `target` is the origin form (`/path?query`); `headers` are sent as they are,
+    /// response. `target` is the origin form (`/path?query`); `fields` are sent as they are,
     /// but for the framing fields, which follow what the body is.
     pub async fn send<B>(
         mut self,
         method: &Method,
         target: &str,
-        headers: &HeaderMap,
+        fields: &impl Fields,
         body: &mut B,
     ) -> Result<Response<ResponseBody>, SendError>
     where
@@ -116,7 +115,7 @@ impl Connection {
         B::Error: fmt::Display,
     {
         let body_len = (!body.is_end_stream()).then(|| body.size_hint().exact());
-        let framing = head::encode_request(&mut self.head, method, target, headers, body_len);
+        let framing = head::encode_request(&mut self.head, method, target, fields, body_len);
         // A first frame at hand goes out with the head, in one write.
         let first = match framing {
             RequestFraming::None => None,

@@ -14,6 +14,20 @@ use super::body::{Framing, MAX_FIELDS};
 /// The largest response head taken from an upstream, as for a request head.
 pub const MAX_HEAD: usize = 64 * 1024;
 
+/// The fields of a request head, as the caller has them: a map, or fields computed on the way
+/// (the proxy's own, chained to the client's) without building one.
+pub trait Fields {
+    fn each(&self, f: impl FnMut(&HeaderName, &HeaderValue));
+}
+
+impl Fields for HeaderMap {
+    fn each(&self, mut f: impl FnMut(&HeaderName, &HeaderValue)) {
+        for (name, value) in self {
+            f(name, value);
+        }
+    }
+}
+
 /// How the request body goes after the head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestFraming {
@@ -32,7 +46,7 @@ pub fn encode_request(
     out: &mut Vec<u8>,
     method: &Method,
     target: &str,
-    headers: &HeaderMap,
+    fields: &impl Fields,
     body_len: Option<Option<u64>>,
 ) -> RequestFraming {
     out.clear();
@@ -41,29 +55,29 @@ pub fn encode_request(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut declared = None;
-    for (name, value) in headers {
+    fields.each(|name, value| {
         if name == header::TRANSFER_ENCODING {
             // Hop-by-hop: the proxy frames its own body.
-            continue;
+            return;
         }
         if name == header::CONTENT_LENGTH && body_len.is_some() {
             // The first valid one frames the body; others, and an invalid one, go.
             if declared.is_some() {
-                continue;
+                return;
             }
             declared = value
                 .to_str()
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok());
             if declared.is_none() {
-                continue;
+                return;
             }
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
-    }
+    });
     let framing = match (body_len, declared) {
         (None, _) => RequestFraming::None,
         (Some(_), Some(n)) => RequestFraming::Length(n),
