@@ -475,3 +475,48 @@ proptest! {
         prop_assert_eq!(whole, pieces);
     }
 }
+
+mod common;
+
+/// Through the proxy: an upstream that sends more than its response (the start of another one
+/// nobody asked for) never has those bytes taken as the answer to the next request; its
+/// connection is not reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_after_a_response_are_never_the_next_answer() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let count = conns.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok\
+                            HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!";
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let blue = common::Backend::adopt(addr, task);
+    let proxy = common::ProxyProcess::start(&[("BLUE", &blue.url())]);
+    let client = common::client();
+    for i in 0..20 {
+        let r = common::get(&client, &proxy.url(&format!("/{i}"))).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "ok"), "request {i}");
+    }
+    assert_eq!(conns.load(Ordering::SeqCst), 20);
+}
