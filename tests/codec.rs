@@ -520,3 +520,44 @@ async fn bytes_after_a_response_are_never_the_next_answer() {
     }
     assert_eq!(conns.load(Ordering::SeqCst), 20);
 }
+
+/// Through the proxy: an invalid response is the upstream's answer (it read the request), so
+/// even a GET is not sent again elsewhere: each one the bad color got is one 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_response_is_a_502_and_not_sent_again() {
+    let (bad, bad_served) = serve(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        false,
+    )
+    .await;
+    let (good, good_served) = serve(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false).await;
+    let (bad, good) = (format!("http://{bad}"), format!("http://{good}"));
+    let proxy = common::ProxyProcess::start(&[
+        ("BLUE", &bad),
+        ("GREEN", &good),
+        ("BLUE_WEIGHT", "1"),
+        ("GREEN_WEIGHT", "1"),
+    ]);
+    let client = common::client();
+    let (mut ok, mut refused) = (0, 0);
+    // Blue gets each with probability 1/2 until it is ejected: that it gets none of 40 has
+    // probability 2^-40.
+    for i in 0..40 {
+        let r = common::get(&client, &proxy.url(&format!("/{i}"))).await;
+        match r.status {
+            200 => ok += 1,
+            502 => {
+                assert!(
+                    r.body.contains("Content-Length and Transfer-Encoding"),
+                    "{}",
+                    r.body
+                );
+                refused += 1;
+            }
+            s => panic!("request {i}: {s} {}", r.body),
+        }
+    }
+    assert!(refused >= 1);
+    assert_eq!(bad_served.load(Ordering::SeqCst), refused);
+    assert_eq!(good_served.load(Ordering::SeqCst), ok);
+}
