@@ -561,3 +561,63 @@ async fn an_invalid_response_is_a_502_and_not_sent_again() {
     assert_eq!(bad_served.load(Ordering::SeqCst), refused);
     assert_eq!(good_served.load(Ordering::SeqCst), ok);
 }
+
+/// Through the proxy: what the upstream sends in the same breath as its `101` (a server that
+/// speaks first) reaches the client as the tunnel's first bytes, and the tunnel then carries
+/// both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_right_after_a_101_open_the_tunnel() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let hello = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\nHELLO";
+                if s.write_all(hello).await.is_err() {
+                    return;
+                }
+                // Then an echo.
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let backend = common::Backend::adopt(addr, task);
+    let proxy = common::ProxyProcess::start(&[("BLUE", &backend.url())]);
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(
+            b"GET /tunnel HTTP/1.1\r\nHost: app\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let read_until = async |client: &mut TcpStream, got: &mut Vec<u8>, want: &[u8]| {
+        let mut chunk = [0u8; 4096];
+        while !got.windows(want.len()).any(|w| w == want) {
+            let n = client.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed; got {:?}", String::from_utf8_lossy(got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+    };
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, read_until(&mut client, &mut got, b"\r\n\r\nHELLO"))
+        .await
+        .expect("the 101 and the upstream's first bytes");
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    client.write_all(b"ping").await.unwrap();
+    tokio::time::timeout(WAIT, read_until(&mut client, &mut got, b"HELLOping"))
+        .await
+        .expect("the echo through the tunnel");
+}
