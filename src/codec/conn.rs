@@ -291,7 +291,8 @@ where
                     head.clear();
                 }
                 let suffix: &[u8] = if framing == RequestFraming::Chunked {
-                    head.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    push_hex(head, data.len());
+                    head.extend_from_slice(b"\r\n");
                     b"\r\n"
                 } else {
                     b""
@@ -345,6 +346,14 @@ where
         write_all(w, &mut [IoSlice::new(head)], wrote).await?;
     }
     Ok(())
+}
+
+/// `n` in hexadecimal, as a chunk size line has it.
+fn push_hex(out: &mut Vec<u8>, n: usize) {
+    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        out.push(b"0123456789abcdef"[(n >> (i * 4)) & 0xf]);
+    }
 }
 
 async fn write_all(
@@ -487,6 +496,30 @@ impl Body for ResponseBody {
         match self.decoder.remaining() {
             Some(n) => SizeHint::with_exact(n),
             None => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chunk_sizes_in_hex() {
+        for n in [
+            0usize,
+            1,
+            9,
+            10,
+            15,
+            16,
+            255,
+            256,
+            4096,
+            0xdead_beef,
+            usize::MAX,
+        ] {
+            let mut out = Vec::new();
+            super::push_hex(&mut out, n);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("{n:x}"));
         }
     }
 }
