@@ -222,6 +222,25 @@ impl RequestBody {
         }
     }
 
+    /// Whether the body is held whole, so that a frame taken from it can be taken again.
+    pub fn is_buffered(&self) -> bool {
+        matches!(self.inner.as_deref(), None | Some(Source::Buffered { .. }))
+    }
+
+    /// Back to the start of a body held whole, for another connection when nothing of it
+    /// was sent; false for a streamed body once a frame was taken.
+    pub fn rewind(&mut self) -> bool {
+        match self.inner.as_deref_mut() {
+            None => true,
+            Some(Source::Buffered { next, .. }) => {
+                *next = 0;
+                self.started = false;
+                true
+            }
+            Some(Source::Streamed(_)) => !self.started,
+        }
+    }
+
     fn finish(&mut self) {
         if self.inner.take().is_some() {
             // notify_one keeps a permit if nobody waits yet.

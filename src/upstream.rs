@@ -198,8 +198,9 @@ impl UpstreamClient {
                 // request's.
                 None => (Box::pin(self.connect(endpoint)).await?, false),
             };
+            let coalesce = body.is_buffered();
             match conn
-                .send(head.method, head.target, head.fields, &mut body)
+                .send(head.method, head.target, head.fields, &mut body, coalesce)
                 .await
             {
                 Ok(resp) => {
@@ -214,9 +215,8 @@ impl UpstreamClient {
                     }
                     return Ok(resp);
                 }
-                Err(SendError {
-                    body_intact: true, ..
-                }) if reused => continue,
+                // Nothing went out: the next connection gets the request as it is.
+                Err(e) if reused && e.unsent && (e.body_intact || body.rewind()) => continue,
                 Err(e) => return Err(send_error(e, reused)),
             }
         }

@@ -150,7 +150,7 @@ async fn with_codec(addr: std::net::SocketAddr, method: &Method) -> Seen {
     let conn = Connection::new(stream);
     let resp = tokio::time::timeout(
         WAIT,
-        conn.send(method, "/", &headers, &mut Empty::<Bytes>::new()),
+        conn.send(method, "/", &headers, &mut Empty::<Bytes>::new(), true),
     )
     .await
     .expect("no hang")
@@ -162,7 +162,7 @@ async fn with_codec(addr: std::net::SocketAddr, method: &Method) -> Seen {
     let reused = match body.take_reusable() {
         Some(conn) => tokio::time::timeout(
             WAIT,
-            conn.send(method, "/", &headers, &mut Empty::<Bytes>::new()),
+            conn.send(method, "/", &headers, &mut Empty::<Bytes>::new(), true),
         )
         .await
         .expect("no hang")
@@ -281,7 +281,7 @@ async fn the_codec_refuses_what_a_proxy_must_not_guess_at() {
         let stream = TcpStream::connect(addr).await.unwrap();
         let got = tokio::time::timeout(
             WAIT,
-            Connection::new(stream).send(&Method::GET, "/", &HeaderMap::new(), &mut Empty::<Bytes>::new()),
+            Connection::new(stream).send(&Method::GET, "/", &HeaderMap::new(), &mut Empty::<Bytes>::new(), true),
         )
         .await
         .expect("no hang");
@@ -308,7 +308,7 @@ async fn a_request_body_goes_with_its_framing_and_early_answers_are_read() {
     let mut body = http_body_util::Full::new(body);
     let resp = tokio::time::timeout(
         WAIT,
-        Connection::new(stream).send(&Method::POST, "/upload", &headers, &mut body),
+        Connection::new(stream).send(&Method::POST, "/upload", &headers, &mut body, true),
     )
     .await
     .expect("no hang")
@@ -620,4 +620,43 @@ async fn bytes_right_after_a_101_open_the_tunnel() {
     tokio::time::timeout(WAIT, read_until(&mut client, &mut got, b"HELLOping"))
         .await
         .expect("the echo through the tunnel");
+}
+
+/// A connection the upstream reset before anything was written: the failure says nothing went
+/// out, and a body the caller cannot take again was not touched (it can go elsewhere whole).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_reset_before_the_request_leaves_the_body_untouched() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    for coalesce in [false, true] {
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let client = client.unwrap();
+        let (server, _) = accepted.unwrap();
+        server.set_zero_linger().unwrap();
+        drop(server);
+        // The reset has arrived.
+        tokio::time::timeout(WAIT, client.readable())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut body = http_body_util::Full::new(Bytes::from_static(b"payload"));
+        let got = tokio::time::timeout(
+            WAIT,
+            Connection::new(client).send(
+                &Method::POST,
+                "/",
+                &HeaderMap::new(),
+                &mut body,
+                coalesce,
+            ),
+        )
+        .await
+        .expect("no hang");
+        let e = got.err().expect("a reset connection fails");
+        assert!(e.unsent, "{e}");
+        assert!(!e.error.is_invalid(), "{e}");
+        // Taken for the head's write only when the caller may take it again.
+        assert_eq!(e.body_intact, !coalesce, "{e}");
+        assert_eq!(hyper::body::Body::is_end_stream(&body), coalesce);
+    }
 }

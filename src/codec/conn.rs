@@ -103,12 +103,17 @@ impl Connection {
     /// Sends one request and reads its response head; the body follows through the returned
     /// response. `target` is the origin form (`/path?query`); `fields` are sent as they are,
     /// but for the framing fields, which follow what the body is.
+    ///
+    /// `coalesce`: the body's first frame, when at hand, goes out in the head's write. Only
+    /// for a body that can be taken again (held whole): a frame taken for a write that then
+    /// fails is otherwise lost to a retry on another connection.
     pub async fn send<B>(
         mut self,
         method: &Method,
         target: &str,
         fields: &impl Fields,
         body: &mut B,
+        coalesce: bool,
     ) -> Result<Response<ResponseBody>, SendError>
     where
         B: Body<Data = Bytes> + Unpin,
@@ -119,6 +124,7 @@ impl Connection {
         // A first frame at hand goes out with the head, in one write.
         let first = match framing {
             RequestFraming::None => None,
+            _ if !coalesce => None,
             _ => match poll_now(body) {
                 Poll::Ready(frame) => Some(frame),
                 Poll::Pending => None,
