@@ -182,16 +182,13 @@ impl Connection {
                 };
                 match read {
                     Ok(0) => {
-                        let error = match (&write_failed, buf.is_empty()) {
-                            (Some(e), true) => Error::Io(
-                                "writing the request",
-                                io::Error::new(e.kind(), e.to_string()),
-                            ),
-                            (None, true) => Error::closed(
-                                "the upstream closed the connection before sending a response",
-                            ),
-                            (_, false) => Error::closed(
+                        let error = match write_failed.take() {
+                            _ if !buf.is_empty() => Error::closed(
                                 "the upstream closed the connection in the middle of the response head",
+                            ),
+                            Some(e) => Error::Io("writing the request", e),
+                            None => Error::closed(
+                                "the upstream closed the connection before sending a response",
                             ),
                         };
                         return Err(fail(error, received));
