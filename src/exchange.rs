@@ -12,23 +12,15 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use http_body_util::{Either, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::{Method, Request, Uri};
 use tokio::sync::Notify;
 
 use crate::access_log;
 use crate::blame::{CLIENT_CLOSED, ClientFault};
-use crate::buffering::{Buffered, Partial, ResponseAhead};
+use crate::buffering::{Buffered, Partial};
 use crate::endpoints::{Endpoint, InFlight};
 use crate::metrics::{Metrics, NO_COLOR};
-use crate::spill::Spilled;
-use crate::upstream::UpstreamBody;
-
-/// A response on its way to the client: the upstream's as it streams, read ahead, or a short
-/// message of the proxy's own.
-pub type Outgoing =
-    Either<Either<UpstreamBody, ResponseAhead<hyper::Error>>, Either<Spilled, Full<Bytes>>>;
 
 pub struct Exchange {
     metrics: Arc<Metrics>,
@@ -136,10 +128,10 @@ impl Exchange {
     }
 
     /// Wraps the response for the client; the status is what the exchange is counted as.
-    pub fn respond(
+    pub fn respond<B>(
         self: Arc<Self>,
-        resp: hyper::Response<Outgoing>,
-    ) -> hyper::Response<ResponseBody> {
+        resp: hyper::Response<B>,
+    ) -> hyper::Response<ResponseBody<B>> {
         self.status.store(resp.status().as_u16(), Ordering::Relaxed);
         let headers = self.start.elapsed().as_micros().max(1) as u64;
         self.headers_us.store(headers, Ordering::Relaxed);
@@ -227,6 +219,25 @@ impl RequestBody {
             inner: Some(Box::new(Source::Streamed(body))),
             exchange,
             started: false,
+        }
+    }
+
+    /// Whether the body is held whole, so that a frame taken from it can be taken again.
+    pub fn is_buffered(&self) -> bool {
+        matches!(self.inner.as_deref(), None | Some(Source::Buffered { .. }))
+    }
+
+    /// Back to the start of a body held whole, for another connection when nothing of it
+    /// was sent; false for a streamed body once a frame was taken.
+    pub fn rewind(&mut self) -> bool {
+        match self.inner.as_deref_mut() {
+            None => true,
+            Some(Source::Buffered { next, .. }) => {
+                *next = 0;
+                self.started = false;
+                true
+            }
+            Some(Source::Streamed(_)) => !self.started,
         }
     }
 
@@ -333,12 +344,16 @@ impl Body for RequestBody {
 }
 
 /// The response on its way to the client: counted; its end (or abandonment) ends the exchange.
-pub struct ResponseBody {
-    inner: Outgoing,
+pub struct ResponseBody<B> {
+    inner: B,
     exchange: Arc<Exchange>,
 }
 
-impl Body for ResponseBody {
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -354,7 +369,7 @@ impl Body for ResponseBody {
             let n = data.len() as u64;
             this.exchange.bytes_out.fetch_add(n, Ordering::Relaxed);
         }
-        polled
+        polled.map(|frame| frame.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

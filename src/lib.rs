@@ -11,6 +11,7 @@ pub mod balancer;
 pub mod blame;
 pub mod budget;
 pub mod buffering;
+pub mod codec;
 pub mod config;
 pub mod delivery;
 pub mod discovery;

@@ -3,14 +3,13 @@
 //! Each endpoint owns its idle connections, so a request finds them without a lookup, and an
 //! endpoint that discovery removes takes its idle connections with it once its last request
 //! ends. The most recently used connection goes first: the busy ones stay warm and the surplus
-//! of a past burst ages out.
+//! of a past burst ages out. A connection is checked as it leaves: one the upstream closed
+//! while it waited (or that has bytes nobody asked for) is dropped, and the next is tried.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1::SendRequest;
-
-use crate::exchange::RequestBody;
+use crate::codec::Connection;
 
 /// Idle upstream connections are closed well before IPVS forgets them (900 s) and before
 /// typical app servers' own keep-alive timeouts reap them under our feet.
@@ -20,46 +19,49 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// waiting out IDLE_TIMEOUT: memory after a spike stays bounded.
 pub const MAX_IDLE: usize = 1024;
 
-pub type Sender = SendRequest<RequestBody>;
-
 #[derive(Default)]
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
 }
 
 struct Idle {
-    sender: Sender,
+    conn: Connection,
     since: Instant,
 }
 
 impl Pool {
-    /// The most recently returned connection that is still open, if any.
-    pub fn checkout(&self) -> Option<Sender> {
-        let mut idle = self.idle.lock().expect("pool lock");
-        while let Some(conn) = idle.pop() {
-            if !conn.sender.is_closed() {
-                return Some(conn.sender);
+    /// The most recently returned connection that is still usable, if any.
+    pub fn checkout(&self) -> Option<Connection> {
+        loop {
+            let idle = self.idle.lock().expect("pool lock").pop()?;
+            // Checked (and, if closed, dropped) outside the lock.
+            if idle.conn.is_usable() {
+                return Some(idle.conn);
             }
         }
-        None
     }
 
     /// Returns a connection whose exchange completed, for the next request.
-    pub fn checkin(&self, sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
+    pub fn checkin(&self, conn: Connection) {
         let since = Instant::now();
         let mut idle = self.idle.lock().expect("pool lock");
         if idle.len() < MAX_IDLE {
-            idle.push(Idle { sender, since });
+            idle.push(Idle { conn, since });
         }
     }
 
-    /// Closes connections idle since before `now - IDLE_TIMEOUT`, and forgets closed ones.
+    /// Closes connections idle since before `now - IDLE_TIMEOUT`, and those the upstream
+    /// closed.
     pub fn expire(&self, now: Instant) {
-        let mut idle = self.idle.lock().expect("pool lock");
-        idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT);
+        let expired: Vec<Idle> = {
+            let mut idle = self.idle.lock().expect("pool lock");
+            let (keep, expired) = std::mem::take(&mut *idle)
+                .into_iter()
+                .partition(|c| now.duration_since(c.since) < IDLE_TIMEOUT && c.conn.is_usable());
+            *idle = keep;
+            expired
+        };
+        drop(expired);
     }
 
     #[cfg(test)]
@@ -71,56 +73,65 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::client::conn::http1;
-    use hyper_util::rt::TokioIo;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
 
-    /// A sender over an in-memory pipe, and the task that drives its connection.
-    async fn conn() -> (Sender, tokio::task::JoinHandle<()>) {
-        let (io, _peer) = tokio::io::duplex(64);
-        let (sender, conn) = http1::handshake(TokioIo::new(io)).await.unwrap();
-        let task = tokio::spawn(async move {
-            let _peer = _peer;
-            let _ = conn.await;
-        });
-        (sender, task)
+    /// A connection to a local listener, and the listener's end of it.
+    async fn conn(listener: &TcpListener) -> (Connection, TcpStream) {
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (Connection::new(client.unwrap()), accepted.unwrap().0)
     }
 
     #[tokio::test]
-    async fn closed_connections_are_skipped() {
+    async fn closed_and_chatty_connections_are_skipped() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let pool = Pool::default();
-        let (a, _ta) = conn().await;
-        let (b, tb) = conn().await;
-        let (c, _tc) = conn().await;
-        pool.checkin(a);
-        pool.checkin(c);
-        pool.checkin(b);
-        // b's connection ends while b waits in the pool.
-        tb.abort();
-        let _ = tb.await;
-        assert_eq!(pool.idle(), 3);
-        let first = pool.checkout().expect("c is open");
-        let second = pool.checkout().expect("a is open");
+        let (a, _pa) = conn(&listener).await;
+        let (b, pb) = conn(&listener).await;
+        let (c, mut pc) = conn(&listener).await;
+        let (d, _pd) = conn(&listener).await;
+        // b's upstream closes it and c's sends bytes nobody asked for, before they wait.
+        drop(pb);
+        pc.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        let wait = Duration::from_secs(10);
+        tokio::time::timeout(wait, b.readable())
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::timeout(wait, c.readable())
+            .await
+            .unwrap()
+            .unwrap();
+        for conn in [a, b, c, d] {
+            pool.checkin(conn);
+        }
+        assert_eq!(pool.idle(), 4);
+        // d, then a: b and c are dropped on the way.
+        assert!(pool.checkout().is_some());
+        assert!(pool.checkout().is_some());
         assert!(pool.checkout().is_none());
-        assert!(!first.is_closed() && !second.is_closed());
         assert_eq!(pool.idle(), 0);
     }
 
     #[tokio::test]
     async fn idle_connections_are_capped() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let pool = Pool::default();
-        let mut tasks = Vec::new();
+        let mut peers = Vec::new();
         for _ in 0..MAX_IDLE + 3 {
-            let (sender, task) = conn().await;
-            pool.checkin(sender);
-            tasks.push(task);
+            let (conn, peer) = conn(&listener).await;
+            pool.checkin(conn);
+            peers.push(peer);
         }
         assert_eq!(pool.idle(), MAX_IDLE);
     }
 
     #[tokio::test]
     async fn idle_connections_expire() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let pool = Pool::default();
-        let (a, _ta) = conn().await;
+        let (a, _pa) = conn(&listener).await;
         pool.checkin(a);
         let now = Instant::now();
         pool.expire(now);

@@ -21,20 +21,27 @@ use tracing::{debug, info, warn};
 use crate::balancer::{Balancer, RouteBalancer};
 use crate::blame::ClientFault;
 use crate::budget::{self, Budget};
-use crate::buffering::{self, RequestAhead, ResponseFailure, ResponseRead};
+use crate::buffering::{self, RequestAhead, ResponseAhead, ResponseFailure, ResponseRead};
+use crate::codec::head::Fields;
+use crate::codec::{self, Upgraded};
 use crate::config::{BUCKETS, Color, Config, Discovery, Sticky};
 use crate::delivery::Delivery;
 use crate::discovery::{Resolver, Watch};
 use crate::endpoints::{Endpoint, EndpointSet};
-use crate::exchange::{Exchange, Outgoing, RequestBody, ResponseBody};
+use crate::exchange::{Exchange, RequestBody, ResponseBody};
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::request_checks;
-use crate::spill::Spill;
-use crate::upstream::{ErrorKind, UpstreamBody, UpstreamClient, UpstreamError};
+use crate::spill::{Spill, Spilled};
+use crate::upstream::{ErrorKind, RequestHead, UpstreamBody, UpstreamClient, UpstreamError};
 
 /// The body the proxy answers with: the upstream's, streamed, or a short message of its own.
-pub type ProxyBody = ResponseBody;
+pub type ProxyBody = ResponseBody<Outgoing>;
 type Body = Outgoing;
+
+/// A response on its way to the client: the upstream's as it streams, read ahead, or a short
+/// message of the proxy's own.
+pub type Outgoing =
+    Either<Either<UpstreamBody, ResponseAhead<codec::Error>>, Either<Spilled, Full<Bytes>>>;
 
 /// Attempts for a request whose earlier attempts never reached an upstream (refused,
 /// unreachable, connect timeout, DNS): enough to get past a Swarm node's worth of dead tasks.
@@ -570,13 +577,29 @@ impl Proxy {
                 (None, Some(p)) => RequestBody::streamed(p, exchange.clone()),
                 (None, None) => RequestBody::empty(exchange.clone()),
             };
-            let req = match upstream_request(parts, sent.peer, sent.upgrade, target, upstream_body)
-            {
-                Ok(req) => req,
+            let uri = match upstream_uri(&target.color.upstream.base_path, &parts.uri) {
+                Ok(uri) => uri,
                 Err(msg) => return text(StatusCode::BAD_REQUEST, format!("colorproxy: {msg}\n")),
             };
+            let fields = UpstreamFields::new(
+                &parts.headers,
+                parts.uri.authority(),
+                sent.peer,
+                sent.upgrade,
+                &target.header,
+                &target.host,
+            );
+            // Upstreams are spoken to in HTTP/1.1 whatever the client spoke.
+            let head = RequestHead {
+                method: &parts.method,
+                target: uri.path_and_query().map_or("/", |p| p.as_str()),
+                fields: &fields,
+            };
             exchange.attempt(i, Some(endpoint.clone()));
-            let e = match self.client.send(&endpoint, req, exchange, pooled).await {
+            let sending = self
+                .client
+                .send(&endpoint, &head, upstream_body, exchange, pooled);
+            let e = match sending.await {
                 Ok(resp) => {
                     if endpoint.record_success() {
                         info!(color = target.name, endpoint = %endpoint.authority, "endpoint answers again");
@@ -624,7 +647,13 @@ impl Proxy {
                 ErrorKind::Connect | ErrorKind::Dns => {
                     resendable && attempts < MAX_ATTEMPTS && started.elapsed() < self.retry_window
                 }
-                ErrorKind::Reset => !reset_retried && body_empty && parts.method.is_idempotent(),
+                // An invalid response was still an answer: the request was heard.
+                ErrorKind::Reset => {
+                    !reset_retried
+                        && !e.invalid_response
+                        && body_empty
+                        && parts.method.is_idempotent()
+                }
                 ErrorKind::Timeout => false,
             };
             failed.push(endpoint.authority.clone());
@@ -767,7 +796,15 @@ impl Proxy {
                     ),
                 );
             };
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let Some(upstream_upgrade) = resp.body_mut().take_upgraded() else {
+                return text(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "colorproxy: upstream {} gave no connection to switch\n",
+                        target.name
+                    ),
+                );
+            };
             let guard = TunnelGuard::new(&self.tunnels);
             let color = target.name;
             tokio::spawn(async move {
@@ -776,17 +813,6 @@ impl Proxy {
             });
             let (parts, _) = resp.into_parts();
             return Response::from_parts(parts, Either::Right(Either::Right(Full::default())));
-        }
-        // RFC 9112 §6.3: a response with both is a framing attack or a broken upstream; either
-        // way its body cannot be passed on with one meaning. Its connection closes with it.
-        if resp.headers().contains_key(header::CONTENT_LENGTH)
-            && resp.headers().contains_key(header::TRANSFER_ENCODING)
-        {
-            let e = UpstreamError::new(
-                ErrorKind::Reset,
-                "the response has both Content-Length and Transfer-Encoding".into(),
-            );
-            return self.failed_response(target, endpoint, e);
         }
         strip_hop_by_hop(resp.headers_mut());
         let (parts, body) = resp.into_parts();
@@ -934,32 +960,6 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
 }
 
-/// The request for one attempt, built from the client's request head, which stays as it was
-/// for a retry.
-fn upstream_request(
-    parts: &Parts,
-    peer: &Peer,
-    upgrade: Option<&HeaderValue>,
-    target: &Target,
-    body: RequestBody,
-) -> Result<Request<RequestBody>, String> {
-    let uri = upstream_uri(&target.color.upstream.base_path, &parts.uri)?;
-    let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = uri;
-    // Upstreams are spoken to in HTTP/1.1 whatever the client spoke.
-    *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = upstream_headers(
-        &parts.headers,
-        parts.uri.authority(),
-        peer,
-        upgrade,
-        &target.header,
-        &target.host,
-    );
-    Ok(req)
-}
-
 /// What a request header is to the proxy.
 enum Role {
     HopByHop,
@@ -993,8 +993,8 @@ fn role(name: &HeaderName) -> Role {
     }
 }
 
-/// The head sent upstream, in one pass over the client's (a map built once costs less than
-/// editing the client's and copying it):
+/// The fields sent upstream, from the client's as they are (no map is built: they are written
+/// straight into the request head):
 /// - hop-by-hop headers go, and so does every header `Connection` names; a WebSocket upgrade
 ///   gets `Connection: upgrade` and its `Upgrade` back;
 /// - the client's `Color` is replaced by the chosen one: it cannot be spoofed;
@@ -1002,6 +1002,119 @@ fn role(name: &HeaderName) -> Role {
 ///   the upstream's `host:port`);
 /// - `X-Forwarded-For` gets the client's address appended; `X-Forwarded-Proto` and
 ///   `X-Forwarded-Host` are set unless a proxy in front (a TLS terminator) set them.
+struct UpstreamFields<'a> {
+    client: &'a HeaderMap,
+    /// Names the client's `Connection` lists (rarely any).
+    named: Vec<HeaderName>,
+    /// The proxy's own fields, after the client's.
+    own: [Option<(HeaderName, HeaderValue)>; 7],
+}
+
+impl<'a> UpstreamFields<'a> {
+    fn new(
+        client: &'a HeaderMap,
+        authority: Option<&Authority>,
+        peer: &Peer,
+        upgrade: Option<&HeaderValue>,
+        color: &HeaderValue,
+        upstream_host: &HeaderValue,
+    ) -> UpstreamFields<'a> {
+        let mut host = None;
+        let mut forwarded_host = None;
+        let mut forwarded_for: Vec<&str> = Vec::new();
+        let mut proto = None;
+        let mut connection = false;
+        for (name, value) in client {
+            match role(name) {
+                Role::HopByHop | Role::Color | Role::Other => {}
+                Role::Connection => connection = true,
+                Role::Host => {
+                    host.get_or_insert(value);
+                }
+                Role::ForwardedFor => {
+                    if let Ok(v) = value.to_str().map(str::trim)
+                        && !v.is_empty()
+                    {
+                        forwarded_for.push(v);
+                    }
+                }
+                Role::ForwardedProto => {
+                    proto.get_or_insert(value);
+                }
+                Role::ForwardedHost => {
+                    forwarded_host.get_or_insert(value);
+                }
+            }
+        }
+        let mut named = Vec::new();
+        if connection {
+            for name in connection_named(client) {
+                match role(&name) {
+                    Role::ForwardedFor => forwarded_for.clear(),
+                    Role::ForwardedProto => proto = None,
+                    Role::ForwardedHost => forwarded_host = None,
+                    Role::Other => named.push(name),
+                    _ => {}
+                }
+            }
+        }
+        let host = host
+            .cloned()
+            .or_else(|| authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let forwarded_host = forwarded_host
+            .cloned()
+            .or_else(|| host.clone())
+            .map(|v| (X_FORWARDED_HOST.clone(), v));
+        let host = (header::HOST, host.unwrap_or_else(|| upstream_host.clone()));
+        let for_ = if forwarded_for.is_empty() {
+            peer.ip.clone()
+        } else {
+            forwarded_for.push(peer.ip.to_str().expect("an IP address is visible ASCII"));
+            HeaderValue::from_str(&forwarded_for.join(", ")).unwrap_or_else(|_| peer.ip.clone())
+        };
+        // A TLS terminator in front of colorproxy says https; keep its word, else it is http.
+        let proto = proto
+            .filter(|p| matches!(p.as_bytes(), b"http" | b"https"))
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static("http"));
+        let (connection, upgrade) = match upgrade {
+            Some(protocol) => (
+                Some((header::CONNECTION, HeaderValue::from_static("upgrade"))),
+                Some((header::UPGRADE, protocol.clone())),
+            ),
+            None => (None, None),
+        };
+        UpstreamFields {
+            client,
+            named,
+            own: [
+                forwarded_host,
+                Some(host),
+                Some((X_FORWARDED_FOR.clone(), for_)),
+                Some((X_FORWARDED_PROTO.clone(), proto)),
+                connection,
+                upgrade,
+                Some((COLOR.clone(), color.clone())),
+            ],
+        }
+    }
+}
+
+impl Fields for UpstreamFields<'_> {
+    fn each(&self, mut f: impl FnMut(&HeaderName, &HeaderValue)) {
+        for (name, value) in self.client {
+            if matches!(role(name), Role::Other) && !self.named.contains(name) {
+                f(name, value);
+            }
+        }
+        for (name, value) in self.own.iter().flatten() {
+            f(name, value);
+        }
+    }
+}
+
+/// The upstream fields as a map, for the tests.
+#[cfg(test)]
 fn upstream_headers(
     client: &HeaderMap,
     authority: Option<&Authority>,
@@ -1010,75 +1123,11 @@ fn upstream_headers(
     color: &HeaderValue,
     upstream_host: &HeaderValue,
 ) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(client.len() + 6);
-    let mut host = None;
-    let mut forwarded_host = None;
-    let mut forwarded_for: Vec<&str> = Vec::new();
-    let mut proto = None;
-    let mut connection = false;
-    for (name, value) in client {
-        match role(name) {
-            Role::HopByHop | Role::Color => {}
-            Role::Connection => connection = true,
-            Role::Host => {
-                host.get_or_insert(value);
-            }
-            Role::ForwardedFor => {
-                if let Ok(v) = value.to_str().map(str::trim)
-                    && !v.is_empty()
-                {
-                    forwarded_for.push(v);
-                }
-            }
-            Role::ForwardedProto => {
-                proto.get_or_insert(value);
-            }
-            Role::ForwardedHost => {
-                forwarded_host.get_or_insert(value);
-            }
-            Role::Other => {
-                out.append(name.clone(), value.clone());
-            }
-        }
-    }
-    if connection {
-        for named in connection_named(client) {
-            match role(&named) {
-                Role::ForwardedFor => forwarded_for.clear(),
-                Role::ForwardedProto => proto = None,
-                Role::ForwardedHost => forwarded_host = None,
-                Role::Other => {
-                    out.remove(&named);
-                }
-                _ => {}
-            }
-        }
-    }
-    let host = host
-        .cloned()
-        .or_else(|| authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-    if let Some(forwarded) = forwarded_host.cloned().or_else(|| host.clone()) {
-        out.append(X_FORWARDED_HOST.clone(), forwarded);
-    }
-    out.append(header::HOST, host.unwrap_or_else(|| upstream_host.clone()));
-    let for_ = if forwarded_for.is_empty() {
-        peer.ip.clone()
-    } else {
-        forwarded_for.push(peer.ip.to_str().expect("an IP address is visible ASCII"));
-        HeaderValue::from_str(&forwarded_for.join(", ")).unwrap_or_else(|_| peer.ip.clone())
-    };
-    out.append(X_FORWARDED_FOR.clone(), for_);
-    // A TLS terminator in front of colorproxy says https; keep its word, else it is http.
-    let proto = proto
-        .filter(|p| matches!(p.as_bytes(), b"http" | b"https"))
-        .cloned()
-        .unwrap_or_else(|| HeaderValue::from_static("http"));
-    out.append(X_FORWARDED_PROTO.clone(), proto);
-    if let Some(protocol) = upgrade {
-        out.append(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        out.append(header::UPGRADE, protocol.clone());
-    }
-    out.append(COLOR.clone(), color.clone());
+    let fields = UpstreamFields::new(client, authority, peer, upgrade, color, upstream_host);
+    let mut out = HeaderMap::new();
+    fields.each(|name, value| {
+        out.append(name.clone(), value.clone());
+    });
     out
 }
 
@@ -1161,20 +1210,26 @@ impl Drop for TunnelGuard {
 }
 
 /// Copies bytes both ways between client and upstream once both sides have switched protocols.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    color: &'static str,
-) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: Upgraded, color: &'static str) {
+    let client = match client.await {
+        Ok(client) => client,
         Err(e) => {
             warn!(%color, error = %e, "upgrade failed");
             return;
         }
     };
     let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
+    let Upgraded {
+        stream: mut upstream,
+        read_ahead,
+    } = upstream;
+    // What the upstream sent right after its 101 is the tunnel's first bytes.
+    if !read_ahead.is_empty()
+        && let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut client, &read_ahead).await
+    {
+        debug!(%color, error = %e, "upgraded connection ended with an error");
+        return;
+    }
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((up, down)) => {
             debug!(%color, bytes_up = up, bytes_down = down, "upgraded connection closed")

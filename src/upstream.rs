@@ -1,8 +1,9 @@
 //! The one HTTP client shared by all requests, and what its failures mean to a client.
 //!
-//! Connections to upstreams are pooled and kept alive; failures are sorted into the few kinds
-//! an operator acts on (nothing listening, no such name, too slow, connection dropped), each
-//! with the status the client gets.
+//! Connections to upstreams are pooled per endpoint and kept alive; each exchange runs on
+//! [`crate::codec`] in the request's own task. Failures are sorted into the few kinds an
+//! operator acts on (nothing listening, no such name, too slow, connection dropped), each with
+//! the status the client gets.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -12,26 +13,28 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::body::{Body, Bytes, Frame, SizeHint};
+use hyper::{Method, Response, StatusCode};
 use tokio::net::TcpStream;
-use tracing::debug;
 
 use crate::blame::ClientFault;
+use crate::codec::head::Fields;
+use crate::codec::{self, Connection, SendError, Upgraded};
 use crate::config::Discovery;
 use crate::discovery::{Resolver, discover};
 use crate::endpoints::Endpoint;
 use crate::exchange::{Exchange, RequestBody};
-use crate::pool::Sender;
 
-/// The largest response head taken from an upstream.
-const MAX_HEAD: usize = 64 * 1024;
+/// A request as it goes upstream: HTTP/1.1 to the origin-form `target`, with `fields` as
+/// they are (the codec adds the framing).
+pub struct RequestHead<'a, F> {
+    pub method: &'a Method,
+    pub target: &'a str,
+    pub fields: &'a F,
+}
 
 /// Connects to endpoints and exchanges requests over their pooled keep-alive connections.
 pub struct UpstreamClient {
-    http1: http1::Builder,
     connect_timeout: Duration,
     request_timeout: Duration,
     /// Resolves the endpoints that are names (discovery off), once per new connection.
@@ -48,6 +51,9 @@ pub struct UpstreamError {
     /// Most likely the upstream closed it as it was reused (its idle timeout raced ours), which
     /// says nothing about the endpoint: a new connection will do.
     pub stale_connection: bool,
+    /// The upstream answered, but not in valid HTTP/1.1 (framing, head): it was heard, so the
+    /// request is not sent again.
+    pub invalid_response: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +93,7 @@ impl UpstreamError {
             kind,
             cause,
             stale_connection: false,
+            invalid_response: false,
         }
     }
 }
@@ -104,12 +111,6 @@ impl UpstreamClient {
         resolver: Resolver,
     ) -> UpstreamClient {
         UpstreamClient {
-            http1: {
-                let mut b = http1::Builder::new();
-                // A response head is limited like a request head: more is not an answer.
-                b.max_header_size(MAX_HEAD);
-                b
-            },
             connect_timeout,
             request_timeout,
             resolver,
@@ -128,12 +129,13 @@ impl UpstreamClient {
     pub async fn send(
         &self,
         endpoint: &Arc<Endpoint>,
-        req: Request<RequestBody>,
+        head: &RequestHead<'_, impl Fields + Sync>,
+        body: RequestBody,
         exchange: &Exchange,
         pooled: bool,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let body_pending = !req.body().is_end_stream();
-        let response = self.exchange(endpoint, req, pooled);
+        let body_pending = !body.is_end_stream();
+        let response = self.exchange(endpoint, head, body, pooled);
         tokio::pin!(response);
         if body_pending {
             let mut sent = exchange.bytes_in();
@@ -175,11 +177,13 @@ impl UpstreamClient {
     }
 
     /// One exchange on a pooled connection, else on a new one. A pooled connection that the
-    /// upstream closed while it was idle gives the request back unsent: it goes on the next.
+    /// upstream closed while it was idle is found out before anything is written on it, and
+    /// one that fails before a byte went out gives the request to the next.
     async fn exchange(
         &self,
         endpoint: &Arc<Endpoint>,
-        mut req: Request<RequestBody>,
+        head: &RequestHead<'_, impl Fields + Sync>,
+        mut body: RequestBody,
         pooled: bool,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         loop {
@@ -188,42 +192,37 @@ impl UpstreamClient {
             } else {
                 None
             };
-            let (mut sender, reused) = match idle {
-                // Not ready yet (its last exchange is still finishing): not worth a wait.
-                Some(sender) if !sender.is_ready() => continue,
-                Some(sender) => (sender, true),
+            let (conn, reused) = match idle {
+                Some(conn) => (conn, true),
                 // Boxed: a rare path whose future would otherwise be moved along with every
                 // request's.
                 None => (Box::pin(self.connect(endpoint)).await?, false),
             };
-            match sender.try_send_request(req).await {
+            let coalesce = body.is_buffered();
+            match conn
+                .send(head.method, head.target, head.fields, &mut body, coalesce)
+                .await
+            {
                 Ok(resp) => {
-                    // An upgraded connection belongs to its tunnel from now on.
-                    let reusable = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
-                    let conn = reusable.then(|| (sender, endpoint.clone()));
-                    return Ok(resp.map(|inner| UpstreamBody { inner, conn }));
+                    let mut resp = resp.map(|inner| UpstreamBody {
+                        inner,
+                        endpoint: endpoint.clone(),
+                    });
+                    // A body that is already over (HEAD, 204, `Content-Length: 0`): the
+                    // connection is free now.
+                    if resp.body().inner.is_end_stream() {
+                        resp.body_mut().checkin();
+                    }
+                    return Ok(resp);
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => req = unsent,
-                    // A new connection that closed before the request went out: nothing
-                    // reached the upstream, as with a refused connect.
-                    Some(_) => {
-                        return Err(UpstreamError::new(
-                            ErrorKind::Connect,
-                            "the connection closed before the request was sent".into(),
-                        ));
-                    }
-                    None => {
-                        let mut err = UpstreamError::new(ErrorKind::Reset, cause_chain(e.error()));
-                        err.stale_connection = reused;
-                        return Err(err);
-                    }
-                },
+                // Nothing went out: the next connection gets the request as it is.
+                Err(e) if reused && e.unsent && (e.body_intact || body.rewind()) => continue,
+                Err(e) => return Err(send_error(e, reused)),
             }
         }
     }
 
-    async fn connect(&self, endpoint: &Endpoint) -> Result<Sender, UpstreamError> {
+    async fn connect(&self, endpoint: &Endpoint) -> Result<Connection, UpstreamError> {
         // An `ip:port` endpoint is connected to as it is; a name is resolved first.
         let addrs = match endpoint.authority.as_str().parse::<SocketAddr>() {
             Ok(addr) => vec![addr],
@@ -248,17 +247,7 @@ impl UpstreamClient {
                 };
             // Requests are small and latency matters more than packet count.
             let _ = stream.set_nodelay(true);
-            let (sender, conn) = self
-                .http1
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| UpstreamError::new(ErrorKind::Connect, cause_chain(&e)))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    debug!(endpoint = %addr, error = %cause_chain(&e), "upstream connection failed");
-                }
-            });
-            return Ok(sender);
+            return Ok(Connection::new(stream));
         }
         Err(UpstreamError::new(ErrorKind::Connect, failure))
     }
@@ -277,21 +266,38 @@ impl UpstreamClient {
     }
 }
 
+/// What a failed exchange means to the proxy.
+fn send_error(e: SendError, reused: bool) -> UpstreamError {
+    let cause = cause_chain(&e.error);
+    // A new connection that closed before the request went out: nothing reached the
+    // upstream, as with a refused connect.
+    if e.unsent && !reused && !matches!(e.error, codec::Error::RequestBody(_)) {
+        return UpstreamError::new(
+            ErrorKind::Connect,
+            format!("the connection closed before the request was sent: {cause}"),
+        );
+    }
+    let mut err = UpstreamError::new(ErrorKind::Reset, cause);
+    err.invalid_response = e.error.is_invalid();
+    err.stale_connection = reused && e.no_response && !err.invalid_response;
+    err
+}
+
 /// An upstream response body. Read to its end, it gives its connection back to the endpoint's
 /// pool; dropped before that, the connection closes (the rest of the body is unread).
 pub struct UpstreamBody {
-    inner: Incoming,
-    conn: Option<(Sender, Arc<Endpoint>)>,
+    inner: codec::ResponseBody,
+    endpoint: Arc<Endpoint>,
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = codec::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, codec::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(None) = polled {
@@ -311,9 +317,14 @@ impl Body for UpstreamBody {
 
 impl UpstreamBody {
     fn checkin(&mut self) {
-        if let Some((sender, endpoint)) = self.conn.take() {
-            endpoint.pool.checkin(sender);
+        if let Some(conn) = self.inner.take_reusable() {
+            self.endpoint.pool.checkin(conn);
         }
+    }
+
+    /// The upstream's socket after its `101 Switching Protocols`.
+    pub fn take_upgraded(&mut self) -> Option<Upgraded> {
+        self.inner.take_upgraded()
     }
 }
 

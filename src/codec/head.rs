@@ -1,0 +1,410 @@
+//! Message heads: the request head as it goes on the wire, and the response head as it comes
+//! back, parsed with `httparse` and judged for framing and keep-alive (RFC 9112 §6, §9.3).
+
+use std::mem::MaybeUninit;
+
+use bytes::BytesMut;
+use hyper::body::Bytes;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, StatusCode, Version};
+
+use super::Error;
+use super::body::{Framing, MAX_FIELDS};
+
+/// The largest response head taken from an upstream, as for a request head.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// The fields of a request head, as the caller has them: a map, or fields computed on the way
+/// (the proxy's own, chained to the client's) without building one.
+pub trait Fields {
+    fn each(&self, f: impl FnMut(&HeaderName, &HeaderValue));
+}
+
+impl Fields for HeaderMap {
+    fn each(&self, mut f: impl FnMut(&HeaderName, &HeaderValue)) {
+        for (name, value) in self {
+            f(name, value);
+        }
+    }
+}
+
+/// How the request body goes after the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestFraming {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Writes `METHOD target HTTP/1.1`, the fields, and the framing field the body needs, into
+/// `out` (cleared first: one buffer serves every request of a connection).
+///
+/// A `Content-Length` already among the fields is the client's, checked by the server side:
+/// it stays and frames the body. Otherwise a body of known length gets one, and a body of
+/// unknown length goes chunked. A request without a body gets neither.
+pub fn encode_request(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    fields: &impl Fields,
+    body_len: Option<Option<u64>>,
+) -> RequestFraming {
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut declared = None;
+    fields.each(|name, value| {
+        if name == header::TRANSFER_ENCODING {
+            // Hop-by-hop: the proxy frames its own body.
+            return;
+        }
+        if name == header::CONTENT_LENGTH && body_len.is_some() {
+            // The first valid one frames the body; others, and an invalid one, go.
+            if declared.is_some() {
+                return;
+            }
+            declared = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if declared.is_none() {
+                return;
+            }
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
+    let framing = match (body_len, declared) {
+        (None, _) => RequestFraming::None,
+        (Some(_), Some(n)) => RequestFraming::Length(n),
+        (Some(Some(n)), None) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa(n, &mut [0u8; 20]));
+            out.extend_from_slice(b"\r\n");
+            RequestFraming::Length(n)
+        }
+        (Some(None), None) => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            RequestFraming::Chunked
+        }
+    };
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
+/// Decimal digits of `n`, written into the end of `buf`.
+pub fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// A response head as read.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// The upstream keeps the connection open after this response.
+    pub keep_alive: bool,
+}
+
+/// Parses the response head at the start of `buf`, splitting it off when complete. `None`:
+/// more bytes are needed. Interim (1xx other than 101) heads are for the caller to skip.
+///
+/// Field values share the head's memory: one allocation for the whole head instead of one
+/// per field.
+pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>, Error> {
+    // Positions instead of slices, so that the head can be split off and shared afterwards.
+    // A head is at most 64 KiB: offsets fit in 16 bits.
+    let mut spans = [(0u16, 0u16, 0u16, 0u16); MAX_FIELDS];
+    let (len, code, minor, count) = {
+        // Left uninitialised: httparse writes only the fields it finds.
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+        let mut resp = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            buf,
+            &mut fields,
+        );
+        let len = match parsed {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => {
+                if buf.len() > MAX_HEAD {
+                    return Err(Error::invalid("the response head is over 64 KiB"));
+                }
+                return Ok(None);
+            }
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(Error::invalid(format!(
+                    "the response head has over {MAX_FIELDS} fields"
+                )));
+            }
+            Err(e) => return Err(Error::invalid(format!("bad response head: {e}"))),
+        };
+        if len >= MAX_HEAD {
+            return Err(Error::invalid("the response head is over 64 KiB"));
+        }
+        let base = buf.as_ptr() as usize;
+        let count = resp.headers.len();
+        for (span, f) in spans.iter_mut().zip(resp.headers.iter()) {
+            let name = f.name.as_ptr() as usize - base;
+            let value = f.value.as_ptr() as usize - base;
+            // All below `len`, so below 64 KiB.
+            *span = (
+                name as u16,
+                f.name.len() as u16,
+                value as u16,
+                f.value.len() as u16,
+            );
+        }
+        (
+            len,
+            resp.code.unwrap_or(0),
+            resp.version.unwrap_or(1),
+            count,
+        )
+    };
+    let head: Bytes = buf.split_to(len).freeze();
+    let status = StatusCode::from_u16(code)
+        .map_err(|_| Error::invalid(format!("bad response status {code}")))?;
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(n, nl, v, vl) in &spans[..count] {
+        let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
+        let name = &head[n..n + nl];
+        let name = HeaderName::from_bytes(name).map_err(|_| {
+            Error::invalid(format!(
+                "bad response field name {:?}",
+                String::from_utf8_lossy(name)
+            ))
+        })?;
+        let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
+            .map_err(|_| Error::invalid(format!("bad value for response field {name}")))?;
+        headers.append(name, value);
+    }
+    let version = if minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let framing = framing(method, status, &headers)?;
+    let keep_alive = keep_alive(version, &headers) && framing != Framing::Close;
+    Ok(Some(ResponseHead {
+        status,
+        version,
+        headers,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// RFC 9112 §6.3, strictly: a response with both `Content-Length` and `Transfer-Encoding`,
+/// or an invalid or conflicting `Content-Length`, is refused rather than guessed at.
+fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<Framing, Error> {
+    let te = headers.get_all(header::TRANSFER_ENCODING);
+    let has_te = te.iter().next().is_some();
+    let cl = content_length(headers)?;
+    if has_te && cl.is_some() {
+        return Err(Error::invalid(
+            "the response has both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Empty);
+    }
+    if has_te {
+        // Chunked must come last; any other final coding is read until the close.
+        let last = te
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|t| !t.is_empty());
+        return Ok(match last {
+            Some(t) if t.eq_ignore_ascii_case("chunked") => Framing::Chunked,
+            _ => Framing::Close,
+        });
+    }
+    Ok(match cl {
+        Some(0) => Framing::Empty,
+        Some(n) => Framing::Length(n),
+        None => Framing::Close,
+    })
+}
+
+/// The one length all `Content-Length` fields (and list members) agree on.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+    let mut found = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                return Err(Error::invalid(format!(
+                    "the response has an invalid Content-Length {:?}",
+                    String::from_utf8_lossy(value.as_bytes())
+                )));
+            }
+            let n: u64 = std::str::from_utf8(part)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| Error::invalid("the response's Content-Length is too large"))?;
+            match found {
+                Some(m) if m != n => {
+                    return Err(Error::invalid(
+                        "the response has conflicting Content-Length values",
+                    ));
+                }
+                _ => found = Some(n),
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 only when told `keep-alive`.
+fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
+    let mut close = false;
+    let mut keep = false;
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            close |= token.eq_ignore_ascii_case(b"close");
+            keep |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+    if close {
+        return false;
+    }
+    version == Version::HTTP_11 || keep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str, method: Method) -> Result<Option<ResponseHead>, Error> {
+        parse_response(&mut BytesMut::from(raw.as_bytes()), &method)
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let f = |raw: &str, m: Method| parse(raw, m).unwrap().unwrap().framing;
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", Method::GET),
+            Framing::Length(5)
+        );
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", Method::HEAD),
+            Framing::Empty
+        );
+        assert_eq!(
+            f("HTTP/1.1 204 No Content\r\n\r\n", Method::GET),
+            Framing::Empty
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n",
+                Method::GET
+            ),
+            Framing::Empty
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+                Method::GET
+            ),
+            Framing::Chunked
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+                Method::GET
+            ),
+            Framing::Close
+        );
+        assert_eq!(f("HTTP/1.1 200 OK\r\n\r\n", Method::GET), Framing::Close);
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\ncontent-length: 5\r\n\r\n",
+                Method::GET
+            ),
+            Framing::Length(5)
+        );
+        for bad in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nx-a: 1\r\n folded\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+        ] {
+            assert!(parse(bad, Method::GET).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn keep_alive_by_version_and_connection() {
+        let k = |raw: &str| parse(raw, Method::GET).unwrap().unwrap().keep_alive;
+        assert!(k("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
+        assert!(!k(
+            "HTTP/1.1 200 OK\r\nconnection: Close\r\ncontent-length: 0\r\n\r\n"
+        ));
+        assert!(!k("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n"));
+        assert!(k(
+            "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n"
+        ));
+        assert!(!k("HTTP/1.1 200 OK\r\n\r\n"));
+    }
+
+    #[test]
+    fn oversized_heads_are_refused() {
+        let mut raw = String::from("HTTP/1.1 200 OK\r\n");
+        while raw.len() <= MAX_HEAD {
+            raw.push_str("x-filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        }
+        assert!(parse(&raw, Method::GET).is_err());
+    }
+
+    #[test]
+    fn request_heads() {
+        let mut out = Vec::new();
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        let f = encode_request(&mut out, &Method::GET, "/x?y", &h, None);
+        assert_eq!(
+            (f, out.as_slice()),
+            (
+                RequestFraming::None,
+                &b"GET /x?y HTTP/1.1\r\nhost: a\r\n\r\n"[..]
+            )
+        );
+        let f = encode_request(&mut out, &Method::POST, "/", &h, Some(Some(12)));
+        assert_eq!(f, RequestFraming::Length(12));
+        assert!(out.ends_with(b"content-length: 12\r\n\r\n"));
+        let f = encode_request(&mut out, &Method::POST, "/", &h, Some(None));
+        assert_eq!(f, RequestFraming::Chunked);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("7"));
+        let f = encode_request(&mut out, &Method::POST, "/", &h, Some(None));
+        assert_eq!(f, RequestFraming::Length(7));
+        assert_eq!(
+            out.windows(14).filter(|w| w == b"content-length").count(),
+            1
+        );
+    }
+}
