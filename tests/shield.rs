@@ -285,11 +285,7 @@ async fn a_client_that_does_not_read_does_not_hold_the_app(
     let mut vars = vec![("BLUE", url.as_str())];
     vars.extend_from_slice(env);
     let mut proxy = ProxyProcess::start(&vars);
-    let mut reader = TcpStream::connect(proxy.addr).await.unwrap();
-    reader
-        .write_all(b"GET /big HTTP/1.1\r\nHost: app\r\n\r\n")
-        .await
-        .unwrap();
+    let mut reader = asks_for_big(proxy.addr).await;
     let r = get(&client(), &proxy.url("/next")).await;
     assert_eq!((r.status, r.body.as_str()), (200, "ok "));
     // The app is done; the proxy may still be reading what the sockets hold of it.
@@ -319,6 +315,16 @@ async fn a_client_that_does_not_read_does_not_hold_the_app(
     .expect("the whole body arrives");
     assert_eq!(counted, expected);
     m
+}
+
+/// A client that asks for `/big` and does not read the answer (yet).
+async fn asks_for_big(proxy: SocketAddr) -> TcpStream {
+    let mut reader = TcpStream::connect(proxy).await.unwrap();
+    reader
+        .write_all(b"GET /big HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    reader
 }
 
 /// More than the kernel's socket buffers between app, proxy and client can hold (tcp_rmem's
@@ -384,11 +390,7 @@ async fn without_the_disk_a_client_that_does_not_read_holds_a_larger_response() 
         ("RESPONSE_SPILL", "0"),
         ("REQUEST_TIMEOUT", "2s"),
     ]);
-    let mut reader = TcpStream::connect(proxy.addr).await.unwrap();
-    reader
-        .write_all(b"GET /big HTTP/1.1\r\nHost: app\r\n\r\n")
-        .await
-        .unwrap();
+    let _reader = asks_for_big(proxy.addr).await;
     let r = get(&client(), &proxy.url("/next")).await;
     assert_eq!(r.status, 504, "{}", r.body);
 }
