@@ -657,8 +657,12 @@ impl Proxy {
                 ErrorKind::Timeout => false,
             };
             failed.push(endpoint.authority.clone());
+            // With nothing else to try, a connect that timed out goes again to the same
+            // endpoint (HAProxy's `retries`): a SYN dropped by a full accept queue or on the
+            // way would otherwise cost the request, as the kernel resends it only after 1 s.
             let next = if retry {
                 self.retry_target(route, i, &failed, forced)
+                    .or_else(|| e.connect_timed_out.then(|| (i, endpoint.clone())))
             } else {
                 None
             };

@@ -54,6 +54,9 @@ pub struct UpstreamError {
     /// The upstream answered, but not in valid HTTP/1.1 (framing, head): it was heard, so the
     /// request is not sent again.
     pub invalid_response: bool,
+    /// The connect timed out: its SYN may have been dropped (a full accept queue, a lost
+    /// packet), which a new attempt on the same endpoint can get past.
+    pub connect_timed_out: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +97,7 @@ impl UpstreamError {
             cause,
             stale_connection: false,
             invalid_response: false,
+            connect_timed_out: false,
         }
     }
 }
@@ -229,12 +233,14 @@ impl UpstreamClient {
             Err(_) => self.resolve(endpoint).await?,
         };
         let mut failure = String::new();
+        let mut timed_out = false;
         for addr in addrs {
             let stream =
                 match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => {
                         failure = format!("tcp connect error: {e}");
+                        timed_out = false;
                         continue;
                     }
                     Err(_) => {
@@ -242,6 +248,7 @@ impl UpstreamClient {
                             "connect timeout ({})",
                             humantime::format_duration(self.connect_timeout)
                         );
+                        timed_out = true;
                         continue;
                     }
                 };
@@ -249,7 +256,9 @@ impl UpstreamClient {
             let _ = stream.set_nodelay(true);
             return Ok(Connection::new(stream));
         }
-        Err(UpstreamError::new(ErrorKind::Connect, failure))
+        let mut e = UpstreamError::new(ErrorKind::Connect, failure);
+        e.connect_timed_out = timed_out;
+        Err(e)
     }
 
     /// The addresses of an endpoint that is a name (discovery off), asked anew for every

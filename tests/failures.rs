@@ -141,3 +141,61 @@ async fn an_upstream_that_stops_reading_the_body_gets_504() {
     writer.abort();
     stalled.abort();
 }
+
+/// A one-worker app busy with a burst: its accept queue is full, and the kernel drops new SYNs
+/// (it would resend one only after 1 s). Once the app catches up, a new attempt gets in: with
+/// no other endpoint to go to, the proxy tries the same one again within its retry window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_that_timed_out_goes_again_to_the_only_endpoint() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpSocket, TcpStream};
+
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let listener = socket.listen(1).unwrap();
+    // Fill the accept queue until a connect hangs: its SYN was dropped.
+    let mut queued = Vec::new();
+    while let Ok(conn) =
+        tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await
+    {
+        queued.push(conn.unwrap());
+        assert!(queued.len() < 16, "the accept queue never filled");
+    }
+    let proxy = ProxyProcess::start(&[
+        ("BLUE", &format!("http://{addr}")),
+        ("CONNECT_TIMEOUT", "500ms"),
+    ]);
+    let url = proxy.url("/");
+    let request = tokio::spawn(async move { get(&client(), &url).await });
+    // The app is busy for a quarter of a second more, then serves everyone.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if let Ok(n) = s.read(&mut buf).await
+                    && n > 0
+                {
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                        )
+                        .await;
+                }
+            });
+        }
+    });
+    let r = tokio::time::timeout(TIMEOUT, request)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "ok"),
+        "{}",
+        proxy.output()
+    );
+    drop(queued);
+}
