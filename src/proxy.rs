@@ -22,7 +22,7 @@ use crate::balancer::{Balancer, RouteBalancer};
 use crate::blame::ClientFault;
 use crate::budget::{self, Budget};
 use crate::buffering::{self, RequestAhead, ResponseAhead, ResponseFailure, ResponseRead};
-use crate::codec::head::Fields;
+use crate::codec::head::{Fields, is_hop_by_hop};
 use crate::codec::{self, Upgraded};
 use crate::config::{BUCKETS, Color, Config, Discovery, Sticky};
 use crate::delivery::Delivery;
@@ -52,27 +52,6 @@ static COLORPROXY_CONFIG: HeaderName = HeaderName::from_static("colorproxy-confi
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1, plus the proxy-auth pair of RFC 2616 §13.5.1, which
-/// are meant for this proxy and would leak credentials if passed on).
-///
-/// As text: comparing a name's text costs a length check for most names, where comparing
-/// `HeaderName`s goes through their representation for each of the nine.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name.as_str())
-}
 
 /// The client end of a connection, with its address formatted for `X-Forwarded-For` once per
 /// connection rather than once per request.
@@ -818,7 +797,7 @@ impl Proxy {
             let (parts, _) = resp.into_parts();
             return Response::from_parts(parts, Either::Right(Either::Right(Full::default())));
         }
-        strip_hop_by_hop(resp.headers_mut());
+        // The codec kept no hop-by-hop field of a response but a 101's.
         let (parts, body) = resp.into_parts();
         let read = buffering::read_response(
             body,
@@ -1176,20 +1155,6 @@ fn upstream_uri(base: &str, original: &Uri) -> Result<Uri, String> {
     Ok(Uri::from(path_and_query))
 }
 
-/// Removes hop-by-hop headers, including every header the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages have none: one pass over the names beats nine removals.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    for name in connection_named(headers) {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-}
-
 #[derive(Default)]
 struct Tunnels {
     open: AtomicUsize,
@@ -1281,28 +1246,6 @@ mod tests {
         assert_eq!(join("/api", "http://client.example/x?q"), "/api/x?q");
         assert_eq!(join("", "*"), "/");
         assert_eq!(join("/api", "*"), "/api/");
-    }
-
-    #[test]
-    fn hop_by_hop_and_connection_named_headers_go() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("close, X-Secret"),
-        );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert!(h.contains_key("x-kept"));
     }
 
     #[test]

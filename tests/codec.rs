@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use colorproxy::codec::body::{Decoded, Decoder};
-use colorproxy::codec::head::parse_response;
+use colorproxy::codec::head::{connection_tokens, is_hop_by_hop, parse_response};
 use colorproxy::codec::{Connection, Error};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -104,6 +104,27 @@ where
     }
 }
 
+/// hyper's client keeps every field; the codec keeps only what a proxy passes on (all of a
+/// 101's).
+fn end_to_end(status: u16, headers: &HeaderMap) -> HeaderMap {
+    let mut kept = headers.clone();
+    if status == 101 {
+        return kept;
+    }
+    for value in headers.get_all(hyper::header::CONNECTION) {
+        for token in connection_tokens(value.as_bytes()) {
+            if let Ok(name) = hyper::header::HeaderName::from_bytes(token) {
+                kept.remove(name);
+            }
+        }
+    }
+    let hop: Vec<_> = kept.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
+    for name in hop {
+        kept.remove(name);
+    }
+    kept
+}
+
 fn request(method: &Method) -> Request<Empty<Bytes>> {
     Request::builder()
         .method(method.clone())
@@ -124,7 +145,7 @@ async fn with_hyper(addr: std::net::SocketAddr, method: &Method) -> Seen {
         .expect("no hang")
         .expect("a response head");
     let status = resp.status().as_u16();
-    let headers = fields(resp.headers());
+    let headers = fields(&end_to_end(status, resp.headers()));
     let mut body = resp.into_body();
     let (body, trailers) = collect(&mut body).await;
     let reused = match tokio::time::timeout(WAIT, sender.ready()).await {
@@ -206,6 +227,7 @@ const CORPUS: &[(&str, &str, &[u8], bool)] = &[
     ("not modified with a length", "GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\nETag: \"x\"\r\n\r\n", false),
     ("head with a length", "HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", false),
     ("connection close", "GET", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", false),
+    ("connection names fields", "GET", b"HTTP/1.1 200 OK\r\nX-Hop: 1\r\nConnection: x-hop, keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\nX-End: 1\r\n\r\nok", false),
     ("http/1.0", "GET", b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", false),
     ("http/1.0 keep-alive", "GET", b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok", false),
     ("close-delimited", "GET", b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end", true),

@@ -124,7 +124,8 @@ pub struct ResponseHead {
 /// more bytes are needed. Interim (1xx other than 101) heads are for the caller to skip.
 ///
 /// Field values share the head's memory: one allocation for the whole head instead of one
-/// per field.
+/// per field. Hop-by-hop fields, and those `Connection` names, are read for framing and
+/// keep-alive and not kept: they were for this connection only. A 101 keeps them.
 pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>, Error> {
     // Positions instead of slices, so that the head can be split off and shared afterwards.
     // A head is at most 64 KiB: offsets fit in 16 bits.
@@ -179,7 +180,15 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Resp
     let head: Bytes = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code)
         .map_err(|_| Error::invalid(format!("bad response status {code}")))?;
+    let version = if minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // A 101 keeps `Connection` and `Upgrade`: the client must see what it switches to.
+    let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
     let mut headers = HeaderMap::with_capacity(count);
+    let mut frame = Frame::default();
     for &(n, nl, v, vl) in &spans[..count] {
         let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
         let name = &head[n..n + nl];
@@ -189,17 +198,34 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Resp
                 String::from_utf8_lossy(name)
             ))
         })?;
+        let raw = &head[v..v + vl];
+        if name == header::CONTENT_LENGTH {
+            frame.content_length(raw)?;
+        } else if name == header::TRANSFER_ENCODING {
+            frame.transfer_encoding(raw);
+        } else if name == header::CONNECTION {
+            frame.connection(raw);
+        }
+        if !upgrade && is_hop_by_hop(&name) {
+            continue;
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
             .map_err(|_| Error::invalid(format!("bad value for response field {name}")))?;
         headers.append(name, value);
     }
-    let version = if minor == 0 {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
-    let framing = framing(method, status, &headers)?;
-    let keep_alive = keep_alive(version, &headers) && framing != Framing::Close;
+    if frame.names_others && !upgrade {
+        // Rare: `Connection` names fields of its own (RFC 9110 §7.6.1), wherever they came.
+        for &(_, _, v, vl) in &spans[..count] {
+            let (v, vl) = (v as usize, vl as usize);
+            for token in connection_tokens(&head[v..v + vl]) {
+                if let Ok(name) = HeaderName::from_bytes(token) {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    let framing = frame.framing(method, status)?;
+    let keep_alive = frame.keep_alive(version) && framing != Framing::Close;
     Ok(Some(ResponseHead {
         status,
         version,
@@ -209,88 +235,127 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Resp
     }))
 }
 
-/// RFC 9112 §6.3, strictly: a response with both `Content-Length` and `Transfer-Encoding`,
-/// or an invalid or conflicting `Content-Length`, is refused rather than guessed at.
-fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<Framing, Error> {
-    let te = headers.get_all(header::TRANSFER_ENCODING);
-    let has_te = te.iter().next().is_some();
-    let cl = content_length(headers)?;
-    if has_te && cl.is_some() {
-        return Err(Error::invalid(
-            "the response has both Content-Length and Transfer-Encoding",
-        ));
-    }
-    if method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(Framing::Empty);
-    }
-    if has_te {
-        // Chunked must come last; any other final coding is read until the close.
-        let last = te
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|t| !t.is_empty());
-        return Ok(match last {
-            Some(t) if t.eq_ignore_ascii_case("chunked") => Framing::Chunked,
-            _ => Framing::Close,
-        });
-    }
-    Ok(match cl {
-        Some(0) => Framing::Empty,
-        Some(n) => Framing::Length(n),
-        None => Framing::Close,
-    })
+/// Fields that concern one connection only (RFC 9110 §7.6.1), never passed on by a proxy.
+/// Standard names compare as small integers; the two others by their bytes.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
 }
 
-/// The one length all `Content-Length` fields (and list members) agree on.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
-    let mut found = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
+/// The tokens of a `Connection` value, trimmed, empty ones skipped.
+pub fn connection_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// What the framing fields of a response head say, gathered as its fields go by.
+#[derive(Default)]
+struct Frame {
+    /// The one length all `Content-Length` fields (and list members) agree on.
+    length: Option<u64>,
+    transfer_encoding: bool,
+    /// The last coding of the last `Transfer-Encoding` is `chunked`.
+    chunked: bool,
+    close: bool,
+    keep: bool,
+    /// `Connection` lists something besides `close` and `keep-alive`.
+    names_others: bool,
+}
+
+impl Frame {
+    fn content_length(&mut self, value: &[u8]) -> Result<(), Error> {
+        for part in value.split(|&b| b == b',') {
             let part = part.trim_ascii();
             if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
                 return Err(Error::invalid(format!(
                     "the response has an invalid Content-Length {:?}",
-                    String::from_utf8_lossy(value.as_bytes())
+                    String::from_utf8_lossy(value)
                 )));
             }
             let n: u64 = std::str::from_utf8(part)
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .ok_or_else(|| Error::invalid("the response's Content-Length is too large"))?;
-            match found {
+            match self.length {
                 Some(m) if m != n => {
                     return Err(Error::invalid(
                         "the response has conflicting Content-Length values",
                     ));
                 }
-                _ => found = Some(n),
+                _ => self.length = Some(n),
+            }
+        }
+        Ok(())
+    }
+
+    fn transfer_encoding(&mut self, value: &[u8]) {
+        self.transfer_encoding = true;
+        // Chunked must come last; any other final coding is read until the close.
+        if let Some(last) = value
+            .split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+            .rfind(|t| !t.is_empty())
+        {
+            self.chunked = last.eq_ignore_ascii_case(b"chunked");
+        }
+    }
+
+    fn connection(&mut self, value: &[u8]) {
+        for token in connection_tokens(value) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep = true;
+            } else {
+                self.names_others = true;
             }
         }
     }
-    Ok(found)
-}
 
-/// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 only when told `keep-alive`.
-fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    let mut close = false;
-    let mut keep = false;
-    for value in headers.get_all(header::CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            close |= token.eq_ignore_ascii_case(b"close");
-            keep |= token.eq_ignore_ascii_case(b"keep-alive");
+    /// RFC 9112 §6.3, strictly: a response with both `Content-Length` and
+    /// `Transfer-Encoding`, or an invalid or conflicting `Content-Length`, is refused rather
+    /// than guessed at.
+    fn framing(&self, method: &Method, status: StatusCode) -> Result<Framing, Error> {
+        if self.transfer_encoding && self.length.is_some() {
+            return Err(Error::invalid(
+                "the response has both Content-Length and Transfer-Encoding",
+            ));
         }
+        if method == Method::HEAD
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok(Framing::Empty);
+        }
+        if self.transfer_encoding {
+            return Ok(if self.chunked {
+                Framing::Chunked
+            } else {
+                Framing::Close
+            });
+        }
+        Ok(match self.length {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        })
     }
-    if close {
-        return false;
+
+    /// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 only when told
+    /// `keep-alive`.
+    fn keep_alive(&self, version: Version) -> bool {
+        !self.close && (version == Version::HTTP_11 || self.keep)
     }
-    version == Version::HTTP_11 || keep
 }
 
 #[cfg(test)]
@@ -370,6 +435,26 @@ mod tests {
             "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n"
         ));
         assert!(!k("HTTP/1.1 200 OK\r\n\r\n"));
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_fields_go() {
+        let raw = "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nx-secret: 1\r\n\
+                   keep-alive: timeout=5\r\nte: trailers\r\nTrailer: x-t\r\n\
+                   transfer-encoding: chunked\r\nupgrade: websocket\r\n\
+                   proxy-connection: keep-alive\r\nproxy-authenticate: Basic\r\n\
+                   x-kept: 1\r\nconnection: x-later\r\nx-later: 2\r\n\r\n";
+        let head = parse(raw, Method::GET).unwrap().unwrap();
+        let names: Vec<&str> = head.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        // Still read for framing and keep-alive.
+        assert_eq!(head.framing, Framing::Chunked);
+        assert!(head.keep_alive);
+        // A 101 keeps them: the client must see what the connection switches to.
+        let raw = "HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\n\
+                   upgrade: websocket\r\n\r\n";
+        let head = parse(raw, Method::GET).unwrap().unwrap();
+        assert_eq!(head.headers.len(), 2);
     }
 
     #[test]
