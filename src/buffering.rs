@@ -193,11 +193,20 @@ where
     {
         let mut frames = VecDeque::new();
         loop {
-            match tokio::time::timeout(stall, body.frame()).await {
-                Err(_) => return Err(ResponseFailure::Stalled(stall)),
-                Ok(None) => break,
-                Ok(Some(Err(e))) => return Err(ResponseFailure::Broken(e)),
-                Ok(Some(Ok(frame))) => frames.push_back(frame),
+            // A small body has mostly arrived with its head: a timer only for a frame that
+            // has to be waited for.
+            let ready = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx)));
+            let frame = match ready.await {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => match tokio::time::timeout(stall, body.frame()).await {
+                    Err(_) => return Err(ResponseFailure::Stalled(stall)),
+                    Ok(frame) => frame,
+                },
+            };
+            match frame {
+                None => break,
+                Some(Err(e)) => return Err(ResponseFailure::Broken(e)),
+                Some(Ok(frame)) => frames.push_back(frame),
             }
         }
         return Ok(ResponseRead::Ahead(ResponseAhead {

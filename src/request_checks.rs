@@ -10,7 +10,6 @@
 use std::fmt;
 
 use hyper::header::{self, HeaderValue};
-use hyper::http::uri::Authority;
 use hyper::{Request, Version};
 
 /// Why a request is refused before routing.
@@ -47,28 +46,56 @@ pub fn check<B>(req: &Request<B>) -> Result<(), Rejection> {
     }
 }
 
-/// `uri-host [":" port]`, or empty (a target without authority, RFC 9112 §3.2); no userinfo.
+/// `uri-host [":" port]` as RFC 3986 §3.2.2 and §3.2.3 write them, or empty (a target
+/// without authority, RFC 9112 §3.2); no userinfo. Checked byte by byte: it runs on every
+/// request, and parsing an `Authority` would copy the value first.
 fn valid_host(value: &HeaderValue) -> bool {
     let bytes = value.as_bytes();
-    if bytes.is_empty() {
-        return true;
-    }
-    if bytes.contains(&b'@') || Authority::try_from(bytes).is_err() {
-        return false;
-    }
-    // Authority leaves the port unchecked: it must be digits.
-    let host_end = match bytes.iter().position(|&b| b == b']') {
-        Some(i) => i + 1,
-        None => bytes
-            .iter()
-            .rposition(|&b| b == b':')
-            .unwrap_or(bytes.len()),
+    let (host_ok, port) = match bytes.first() {
+        None => return true,
+        // IP-literal: an IPv6 address (IPv4 in its last part allowed).
+        Some(b'[') => match bytes.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let literal = &bytes[1..end];
+                let ok = !literal.is_empty()
+                    && literal
+                        .iter()
+                        .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+                (ok, &bytes[end + 1..])
+            }
+            None => return false,
+        },
+        Some(_) => {
+            let end = bytes.iter().position(|&b| b == b':').unwrap_or(bytes.len());
+            (end > 0 && reg_name(&bytes[..end]), &bytes[end..])
+        }
     };
-    match &bytes[host_end..] {
-        [] => true,
-        [b':', port @ ..] => port.len() <= 5 && port.iter().all(u8::is_ascii_digit),
-        _ => false,
+    host_ok
+        && match port {
+            [] => true,
+            [b':', digits @ ..] => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+            _ => false,
+        }
+}
+
+/// `*( unreserved / pct-encoded / sub-delims )`: an IPv4 address or a DNS name among them.
+fn reg_name(name: &[u8]) -> bool {
+    let mut i = 0;
+    while i < name.len() {
+        match name[i] {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {}
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {}
+            b'%' if name.len() > i + 2
+                && name[i + 1].is_ascii_hexdigit()
+                && name[i + 2].is_ascii_hexdigit() =>
+            {
+                i += 2;
+            }
+            _ => return false,
+        }
+        i += 1;
     }
+    true
 }
 
 /// Whether the connection of a rejected request should be closed after the 400: HTTP/1 only
@@ -98,6 +125,10 @@ mod tests {
         assert_eq!(check(&req(V::HTTP_11, &["shop.example:8080"])), Ok(()));
         assert_eq!(check(&req(V::HTTP_11, &["[::1]:8080"])), Ok(()));
         assert_eq!(check(&req(V::HTTP_11, &[""])), Ok(()));
+        assert_eq!(check(&req(V::HTTP_11, &["10.0.0.7:80"])), Ok(()));
+        assert_eq!(check(&req(V::HTTP_11, &["[::ffff:10.0.0.7]"])), Ok(()));
+        assert_eq!(check(&req(V::HTTP_11, &["my_app-v2.local:"])), Ok(()));
+        assert_eq!(check(&req(V::HTTP_11, &["caf%C3%A9.example"])), Ok(()));
         assert_eq!(check(&req(V::HTTP_11, &[])), Err(Rejection::MissingHost));
         assert_eq!(check(&req(V::HTTP_10, &[])), Ok(()));
         assert_eq!(check(&req(V::HTTP_2, &[])), Ok(()));
@@ -119,6 +150,13 @@ mod tests {
             "x:port",
             "[::1]x",
             "x:123456",
+            ":80",
+            "[]:80",
+            "[::1",
+            "a%2",
+            "a%zz",
+            "shop\"x",
+            "a\\b",
         ] {
             assert_eq!(
                 check(&req(V::HTTP_11, &[bad])),
