@@ -487,6 +487,17 @@ sample 300
 all_from blue demo_myapp-v1
 step_done "$sample_sent" "$sample_failed" "$sample_retried"
 
+# A colorproxy service on the stack's network in front of an unpublished port, published in
+# host mode on 127.0.0.1:PORT: forwarder NAME PORT ENV...
+forwarder() {
+  local name=$1 published=$2
+  shift 2
+  run docker service create -q "$nr" --name "$name" --network demo_backend \
+    --publish "mode=host,target=8080,published=$published" "$@" colorproxy >/dev/null
+  services+=("$name")
+  wait_tasks "$name" 1
+}
+
 # The README's way to the status page: a forwarder service (colorproxy itself) in front of one
 # proxy task's admin port, published in host mode (its own admin port stays on: the image's
 # HEALTHCHECK asks it).
@@ -495,10 +506,7 @@ task=$(docker service ps -q --filter desired-state=running demo_proxy | head -n1
 admin_ip=$(docker inspect -f '{{range .NetworksAttachments}}{{if eq .Network.Spec.Name "demo_backend"}}{{index .Addresses 0}}{{end}}{{end}}' "$task")
 admin_ip=${admin_ip%/*}
 [ -n "$admin_ip" ] || die "task $task of demo_proxy has no address on demo_backend"
-run docker service create -q "$nr" --name demo-status --network demo_backend \
-  --publish "mode=host,target=8080,published=$status_port" -eBLUE="http://$admin_ip:9901" colorproxy >/dev/null
-services+=(demo-status)
-wait_tasks demo-status 1
+forwarder demo-status "$status_port" -eBLUE="http://$admin_ip:9901"
 # PEERS: the task has asked both replicas, which run the same configuration.
 for i in $(seq $((timeout_s * 2))); do
   status_json=$(curl -fsS -m 5 "http://127.0.0.1:$status_port/status" 2>/dev/null) || status_json=
@@ -598,10 +606,7 @@ step "a canary that refuses every connection: the guard trips on both replicas, 
 # Each replica's admin port, reached through a colorproxy on the stack's network (the admin
 # port stays unpublished); its two tasks answer in turn.
 admin_port=$((port + 1))
-run docker service create -q "$nr" --name demo-admin --network demo_backend --publish "mode=host,target=8080,published=$admin_port" \
-  -eBLUE=http://demo_proxy:9901 -eBLUE_DISCOVERY=tasks -eDNS_REFRESH=1s colorproxy >/dev/null
-services+=(demo-admin)
-wait_tasks demo-admin 1
+forwarder demo-admin "$admin_port" -eBLUE=http://demo_proxy:9901 -eBLUE_DISCOVERY=tasks -eDNS_REFRESH=1s
 wait_ramp 1
 load_start
 tripped=0
