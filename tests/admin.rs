@@ -285,17 +285,27 @@ async fn healthcheck_against_a_server_that_never_answers_times_out() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_logs_parse_line_by_line_and_carry_the_access_log() {
+/// A proxy with `env` in front of an echo backend, after one `POST /orders?id=7` of 5 bytes:
+/// the backend, the proxy, the response, and the first log line containing `marker`.
+async fn access_line(env: &[(&str, &str)], marker: &str) -> (Backend, ProxyProcess, Reply, String) {
     let blue = Backend::echo("blue").await;
-    let mut proxy = ProxyProcess::start(&[("BLUE", &blue.url()), ("LOG_FORMAT", "json")]);
-    let client = client();
+    let mut vars = vec![("BLUE", blue.url())];
+    vars.extend(env.iter().map(|&(k, v)| (k, v.to_string())));
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut proxy = ProxyProcess::start(&vars);
     let req = Request::post(proxy.url("/orders?id=7"))
         .body(Full::from("12345"))
         .unwrap();
-    let r = send(&client, req).await;
+    let r = send(&client(), req).await;
     assert_eq!(r.status, 200);
-    let line = proxy.wait_for_log(r#""message":"request""#);
+    let line = proxy.wait_for_log(marker);
+    (blue, proxy, r, line)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_parse_line_by_line_and_carry_the_access_log() {
+    let (blue, mut proxy, r, line) =
+        access_line(&[("LOG_FORMAT", "json")], r#""message":"request""#).await;
     let event: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(event["method"], "POST");
     assert_eq!(event["path"], "/orders?id=7");
@@ -306,7 +316,6 @@ async fn json_logs_parse_line_by_line_and_carry_the_access_log() {
     assert_eq!(event["bytes_out"], r.body.len());
     assert!(event["duration_ms"].as_f64().unwrap() >= 0.0);
     assert!(event["client"].as_str().unwrap().starts_with("127.0.0.1:"));
-    drop(client);
     proxy.signal("TERM");
     assert!(proxy.wait_exit().success());
     let output = proxy.output();
@@ -343,15 +352,7 @@ async fn json_logs_parse_line_by_line_and_carry_the_access_log() {
 /// byte against tracing-subscriber's; this checks the binary writes it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_access_lines_carry_every_field() {
-    let blue = Backend::echo("blue").await;
-    let mut proxy = ProxyProcess::start(&[("BLUE", &blue.url())]);
-    let client = client();
-    let req = Request::post(proxy.url("/orders?id=7"))
-        .body(Full::from("12345"))
-        .unwrap();
-    let r = send(&client, req).await;
-    assert_eq!(r.status, 200);
-    let line = proxy.wait_for_log("colorproxy::access: request");
+    let (blue, _proxy, r, line) = access_line(&[], "colorproxy::access: request").await;
     let (time, fields) = line
         .split_once("  INFO colorproxy::access: request ")
         .unwrap_or_else(|| panic!("{line}"));
