@@ -126,14 +126,6 @@ pub async fn read_request(
     })
 }
 
-/// Why a response body read ahead failed before the client got anything.
-pub enum ResponseFailure<E> {
-    /// The upstream's body broke (reset, or framing).
-    Broken(E),
-    /// No byte of the body came for this long.
-    Stalled(Duration),
-}
-
 /// A response body read ahead of the client: frames at hand, and for a body that was not
 /// complete yet, a pump task that keeps reading up to the window ahead.
 pub struct ResponseAhead<E> {
@@ -166,15 +158,13 @@ pub enum ResponseRead<B: Body> {
 /// and a body that breaks becomes a clean error instead of a truncated response. Any other
 /// body, and one the memory budget has no room for, is read by a task of its own: to disk
 /// when `spill` is there and has room, else up to `limit` bytes ahead in memory. Either way
-/// it still streams (server-sent events, long downloads). `stall` bounds the wait for each
-/// frame of a body read whole.
+/// it still streams (server-sent events, long downloads).
 pub async fn read_response<B>(
     mut body: B,
     limit: u64,
-    stall: Duration,
     budget: &Arc<Budget>,
     spill: Option<&Arc<Spill>>,
-) -> Result<ResponseRead<B>, ResponseFailure<B::Error>>
+) -> Result<ResponseRead<B>, B::Error>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
@@ -192,22 +182,9 @@ where
         && held.grow(n)
     {
         let mut frames = VecDeque::new();
-        loop {
-            // A small body has mostly arrived with its head: a timer only for a frame that
-            // has to be waited for.
-            let ready = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx)));
-            let frame = match ready.await {
-                Poll::Ready(frame) => frame,
-                Poll::Pending => match tokio::time::timeout(stall, body.frame()).await {
-                    Err(_) => return Err(ResponseFailure::Stalled(stall)),
-                    Ok(frame) => frame,
-                },
-            };
-            match frame {
-                None => break,
-                Some(Err(e)) => return Err(ResponseFailure::Broken(e)),
-                Some(Ok(frame)) => frames.push_back(frame),
-            }
+        // A body that stops coming is the body's to end (see `crate::upstream::UpstreamBody`).
+        while let Some(frame) = body.frame().await {
+            frames.push_back(frame?);
         }
         return Ok(ResponseRead::Ahead(ResponseAhead {
             frames,

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use crate::balancer::{Balancer, RouteBalancer};
 use crate::blame::ClientFault;
 use crate::budget::{self, Budget};
-use crate::buffering::{self, RequestAhead, ResponseAhead, ResponseFailure, ResponseRead};
+use crate::buffering::{self, RequestAhead, ResponseAhead, ResponseRead};
 use crate::codec::head::{Fields, is_hop_by_hop};
 use crate::codec::{self, Upgraded};
 use crate::config::{BUCKETS, Color, Config, Discovery, Sticky};
@@ -802,7 +802,6 @@ impl Proxy {
         let read = buffering::read_response(
             body,
             self.response_buffer,
-            self.request_timeout,
             &self.budget,
             self.spill.as_ref(),
         )
@@ -818,25 +817,24 @@ impl Proxy {
             Ok(ResponseRead::Spilled(spilled)) => {
                 return Response::from_parts(parts, Either::Right(Either::Left(spilled)));
             }
-            Err(failure) => {
-                let e = UpstreamError::new(
-                    match failure {
-                        ResponseFailure::Broken(_) => ErrorKind::Reset,
-                        ResponseFailure::Stalled(_) => ErrorKind::Timeout,
-                    },
-                    match failure {
-                        ResponseFailure::Broken(e) => {
-                            format!(
-                                "the response body broke off: {}",
-                                crate::upstream::cause_chain(&e)
-                            )
-                        }
-                        ResponseFailure::Stalled(d) => format!(
+            Err(e) => {
+                let e = if e.is_timeout() {
+                    UpstreamError::new(
+                        ErrorKind::Timeout,
+                        format!(
                             "the response body stalled for {}",
-                            humantime::format_duration(d)
+                            humantime::format_duration(self.request_timeout)
                         ),
-                    },
-                );
+                    )
+                } else {
+                    UpstreamError::new(
+                        ErrorKind::Reset,
+                        format!(
+                            "the response body broke off: {}",
+                            crate::upstream::cause_chain(&e)
+                        ),
+                    )
+                };
                 return self.failed_response(target, endpoint, e);
             }
         };

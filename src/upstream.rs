@@ -16,6 +16,7 @@ use std::time::Duration;
 use hyper::body::{Body, Bytes, Frame, SizeHint};
 use hyper::{Method, Response, StatusCode};
 use tokio::net::TcpStream;
+use tracing::warn;
 
 use crate::blame::ClientFault;
 use crate::codec::head::Fields;
@@ -211,6 +212,10 @@ impl UpstreamClient {
                     let mut resp = resp.map(|inner| UpstreamBody {
                         inner,
                         endpoint: endpoint.clone(),
+                        stall: self.request_timeout,
+                        timer: None,
+                        waiting: false,
+                        stalled: false,
                     });
                     // A body that is already over (HEAD, 204, `Content-Length: 0`): the
                     // connection is free now.
@@ -294,9 +299,21 @@ fn send_error(e: SendError, reused: bool) -> UpstreamError {
 
 /// An upstream response body. Read to its end, it gives its connection back to the endpoint's
 /// pool; dropped before that, the connection closes (the rest of the body is unread).
+///
+/// An upstream that stops sending in the middle of a body would otherwise hold the client and
+/// the connection for ever (nginx's `proxy_read_timeout`): when a read has waited for the
+/// upstream for `stall` (REQUEST_TIMEOUT) without a byte, the body fails with a timeout. Only
+/// time spent waiting for the upstream counts, not time the reader took (a slow client).
 pub struct UpstreamBody {
     inner: codec::ResponseBody,
     endpoint: Arc<Endpoint>,
+    stall: Duration,
+    /// Made at the first read that has to wait, then reset for each wait: most bodies never
+    /// wait (they came with their head).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The timer runs for the current wait.
+    waiting: bool,
+    stalled: bool,
 }
 
 impl Body for UpstreamBody {
@@ -308,10 +325,16 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, codec::Error>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            this.checkin();
+        if this.stalled {
+            return Poll::Ready(None);
         }
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match polled {
+            Poll::Ready(None) => this.checkin(),
+            Poll::Ready(Some(_)) => {}
+            Poll::Pending => return this.poll_stall(cx),
+        }
+        this.waiting = false;
         polled
     }
 
@@ -325,6 +348,35 @@ impl Body for UpstreamBody {
 }
 
 impl UpstreamBody {
+    /// Pending, unless this wait has lasted `stall`.
+    fn poll_stall(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, codec::Error>>> {
+        let stall = self.stall;
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                if !self.waiting {
+                    timer.as_mut().reset(tokio::time::Instant::now() + stall);
+                }
+                timer
+            }
+            None => self.timer.insert(Box::pin(tokio::time::sleep(stall))),
+        };
+        self.waiting = true;
+        if Future::poll(timer.as_mut(), cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.stalled = true;
+        let waited = humantime::format_duration(self.stall);
+        warn!(endpoint = %self.endpoint.authority, %waited, "upstream response body stalled, cut off");
+        let why = format!("no byte for {waited}");
+        Poll::Ready(Some(Err(codec::Error::Io(
+            "waiting for the response body",
+            std::io::Error::new(std::io::ErrorKind::TimedOut, why),
+        ))))
+    }
+
     fn checkin(&mut self) {
         if let Some(conn) = self.inner.take_reusable() {
             self.endpoint.pool.checkin(conn);

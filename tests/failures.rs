@@ -142,6 +142,69 @@ async fn an_upstream_that_stops_reading_the_body_gets_504() {
     stalled.abort();
 }
 
+/// An upstream that stops in the middle of its body is cut off after REQUEST_TIMEOUT without a
+/// byte (nginx's `proxy_read_timeout`), whichever way the body goes: read ahead whole (504),
+/// to disk (a chunked body: the client has the head and the first chunk, then the connection
+/// closes before the last chunk), or streamed (`RESPONSE_BUFFER=0`: the same). Before, the last
+/// two waited for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stops_mid_body_is_cut_off_after_request_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Answers the head and a first part of the body, then holds the connection, silent.
+    async fn stopping(answer: &'static [u8]) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(answer).await;
+                held.push(s);
+            }
+        });
+        format!("http://{addr}")
+    }
+    let length = stopping(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst ").await;
+    let chunked =
+        stopping(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nfirst \r\n").await;
+    for (upstream, buffer, expect) in [
+        (&length, "1MiB", "HTTP/1.1 504"),
+        (&chunked, "1MiB", "first "),
+        (&chunked, "0", "first "),
+        (&length, "0", "first "),
+    ] {
+        let mut proxy = ProxyProcess::start(&[
+            ("BLUE", upstream),
+            ("REQUEST_TIMEOUT", "500ms"),
+            ("RESPONSE_BUFFER", buffer),
+        ]);
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let mut got = Vec::new();
+        tokio::time::timeout(TIMEOUT, s.read_to_end(&mut got))
+            .await
+            .unwrap_or_else(|_| panic!("{upstream} RESPONSE_BUFFER={buffer}: the connection hangs"))
+            .ok();
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            got.contains(expect),
+            "{upstream} RESPONSE_BUFFER={buffer}: {got}"
+        );
+        // Cut short: never the whole body, never the last chunk.
+        assert!(!got.contains("0\r\n\r\n"), "{got}");
+        assert!(started.elapsed() >= Duration::from_millis(400), "{got}");
+        if expect.starts_with("HTTP/1.1 504") {
+            assert!(got.contains("stalled"), "{got}");
+        }
+        proxy.wait_for_log("stalled");
+    }
+}
+
 /// A one-worker app busy with a burst: its accept queue is full, and the kernel drops new SYNs
 /// (it would resend one only after 1 s). Once the app catches up, a new attempt gets in: with
 /// no other endpoint to go to, the proxy tries the same one again within its retry window.

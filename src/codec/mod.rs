@@ -48,6 +48,12 @@ impl Error {
         Error::Closed(why.into())
     }
 
+    /// Waiting on the socket took too long (a caller's deadline, see
+    /// [`crate::upstream::UpstreamBody`]).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Io(_, e) if e.kind() == io::ErrorKind::TimedOut)
+    }
+
     /// The upstream sent something that is not HTTP/1.1 as it must be.
     pub fn is_invalid(&self) -> bool {
         matches!(self, Error::Invalid(_))
