@@ -17,6 +17,7 @@ use hyper::{Method, Request, Uri};
 use tokio::sync::Notify;
 
 use crate::access_log;
+use crate::activity::Activity;
 use crate::blame::{CLIENT_CLOSED, ClientFault};
 use crate::buffering::{Buffered, Partial};
 use crate::endpoints::{Endpoint, InFlight};
@@ -28,6 +29,8 @@ pub struct Exchange {
     logged: Option<(Method, Uri)>,
     start: Instant,
     client: SocketAddr,
+    /// The client connection's: in flight from here to the end of the response.
+    activity: Arc<Activity>,
     /// Index of the color in the configuration; `usize::MAX` for none. A retry may change it.
     color: AtomicUsize,
     /// The endpoint of the current attempt, counted as in flight until the exchange ends.
@@ -55,14 +58,17 @@ impl Exchange {
         access_log: bool,
         req: &Request<Incoming>,
         client: SocketAddr,
+        activity: &Arc<Activity>,
     ) -> Arc<Exchange> {
         metrics.in_flight.inc();
+        activity.begin();
         Arc::new(Exchange {
             metrics: metrics.clone(),
             logged: (access_log && access_log::enabled())
                 .then(|| (req.method().clone(), req.uri().clone())),
             start: Instant::now(),
             client,
+            activity: activity.clone(),
             color: AtomicUsize::new(usize::MAX),
             endpoint: Mutex::new(None),
             unsent_body: Mutex::new(None),
@@ -144,7 +150,9 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        let elapsed = self.start.elapsed();
+        let now = Instant::now();
+        self.activity.end(now);
+        let elapsed = now.saturating_duration_since(self.start);
         let status = match self.status.load(Ordering::Relaxed) {
             0 => CLIENT_CLOSED,
             s => s,

@@ -6,6 +6,7 @@
 //! can drive the same code in-process.
 
 pub mod access_log;
+pub mod activity;
 pub mod admin;
 pub mod balancer;
 pub mod blame;

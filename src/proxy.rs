@@ -18,6 +18,7 @@ use rand::RngExt;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use crate::activity::Activity;
 use crate::balancer::{Balancer, RouteBalancer};
 use crate::blame::ClientFault;
 use crate::budget::{self, Budget};
@@ -59,6 +60,8 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 pub struct Peer {
     pub addr: SocketAddr,
     ip: HeaderValue,
+    /// Whether the connection has a request in flight (see [`crate::activity`]).
+    pub activity: Arc<Activity>,
 }
 
 impl Peer {
@@ -67,6 +70,7 @@ impl Peer {
         Peer {
             addr,
             ip: HeaderValue::from_str(&ip).expect("an IP address is a header value"),
+            activity: Arc::new(Activity::new()),
         }
     }
 }
@@ -271,7 +275,13 @@ impl Proxy {
     }
 
     pub async fn handle(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
-        let exchange = Exchange::begin(&self.metrics, self.access_log, &req, peer.addr);
+        let exchange = Exchange::begin(
+            &self.metrics,
+            self.access_log,
+            &req,
+            peer.addr,
+            &peer.activity,
+        );
         // Before anything else: the client's fault, so no color is chosen or blamed.
         if let Err(why) = request_checks::check(&req) {
             return exchange.respond(rejection(why, req.version()));

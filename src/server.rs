@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::activity::Activity;
 use crate::proxy::{Peer, Proxy};
 
 /// A client gets this long to send a request head; slow-loris connections are cut after it.
@@ -117,8 +118,9 @@ impl Protocols {
     fn new() -> Protocols {
         let mut http1 = http1::Builder::new();
         http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            // The connection's own idle timer does this job (see `until_drained`), without a
+            // timer per request.
+            .header_read_timeout(None)
             // The size check of the buffer alone misses a head that arrives whole.
             .max_header_size(MAX_HEADER_BYTES)
             .max_buf_size(MAX_HEADER_BYTES);
@@ -153,6 +155,7 @@ impl Protocols {
             _ = draining.changed() => return Ok(()),
         };
         let client = Peer::new(peer);
+        let activity = client.activity.clone();
         let service = service_fn(move |req| {
             let proxy = proxy.clone();
             let client = client.clone();
@@ -162,12 +165,15 @@ impl Protocols {
         match protocol {
             Protocol::Http1 => {
                 let conn = self.http1.serve_connection(io, service).with_upgrades();
-                until_drained(conn, draining, |c| c.graceful_shutdown()).await
+                until_drained(conn, draining, Some(&activity), |c| c.graceful_shutdown()).await
             }
             // Boxed: HTTP/2 is the rare case here, and its state would double every task.
             Protocol::Http2 => {
                 let conn = Box::pin(self.http2.serve_connection(io, service));
-                until_drained(conn, draining, |c| c.get_mut().as_mut().graceful_shutdown()).await
+                until_drained(conn, draining, None, |c| {
+                    c.get_mut().as_mut().graceful_shutdown()
+                })
+                .await
             }
         }
     }
@@ -202,20 +208,41 @@ async fn sniff(stream: &TcpStream) -> io::Result<Option<Protocol>> {
 
 /// Drives a connection to its end, asking it to finish gracefully once the drain starts:
 /// in-flight requests complete, idle keep-alive connections close at once.
+/// With `idle`: an HTTP/1 connection with no request in flight and no complete request head
+/// for HEADER_READ_TIMEOUT is closed (a slowloris client, or a keep-alive connection nobody
+/// uses). Its one timer is looked at when it fires: no per-request timer.
 async fn until_drained<C>(
     conn: C,
     mut draining: watch::Receiver<()>,
+    idle: Option<&Activity>,
     graceful_shutdown: impl FnOnce(Pin<&mut C>),
 ) -> Result<(), hyper::Error>
 where
     C: Future<Output = Result<(), hyper::Error>>,
 {
     tokio::pin!(conn);
-    tokio::select! {
-        biased;
-        done = conn.as_mut() => return done,
-        _ = draining.changed() => graceful_shutdown(conn.as_mut()),
+    let timer = tokio::time::sleep(HEADER_READ_TIMEOUT);
+    tokio::pin!(timer);
+    loop {
+        tokio::select! {
+            biased;
+            done = conn.as_mut() => return done,
+            _ = draining.changed() => break,
+            () = timer.as_mut(), if idle.is_some() => {
+                let now = tokio::time::Instant::now();
+                match idle.and_then(|a| a.idle_deadline(HEADER_READ_TIMEOUT)) {
+                    // A request in flight may take as long as it takes.
+                    None => timer.as_mut().reset(now + HEADER_READ_TIMEOUT),
+                    Some(deadline) if deadline <= now.into_std() => {
+                        debug!("no request within the header read timeout, closing");
+                        return Ok(());
+                    }
+                    Some(deadline) => timer.as_mut().reset(deadline.into()),
+                }
+            }
+        }
     }
+    graceful_shutdown(conn.as_mut());
     conn.await
 }
 

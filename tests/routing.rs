@@ -274,7 +274,15 @@ async fn connect_is_refused_and_absolute_targets_go_to_the_color() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_send_no_complete_head_are_cut_after_the_header_read_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let backend = Backend::echo("blue").await;
+    // Answers `/slow` after 11 s: longer than the header read timeout, which must not cut a
+    // request in flight.
+    let backend = Backend::start(|req| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+        }
+        hyper::Response::new(http_body_util::Full::new(hyper::body::Bytes::from("ok")))
+    })
+    .await;
     let proxy = ProxyProcess::start(&[("BLUE", &backend.url())]);
     let started = std::time::Instant::now();
     let silent = tokio::net::TcpStream::connect(proxy.addr);
@@ -283,8 +291,26 @@ async fn clients_that_send_no_complete_head_are_cut_after_the_header_read_timeou
         s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
         s
     };
-    let (silent, partial) = tokio::join!(silent, partial);
-    for mut conn in [silent.unwrap(), partial] {
+    // One request answered on a keep-alive connection, then half of the next head.
+    let second = async {
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        while !String::from_utf8_lossy(&answer).ends_with("\r\n\r\nok") {
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "{}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        s
+    };
+    let slow_url = proxy.url("/slow");
+    let slow = tokio::spawn(async move { get(&client(), &slow_url).await });
+    let (silent, partial, second) = tokio::join!(silent, partial, second);
+    for mut conn in [silent.unwrap(), partial, second] {
         let mut rest = Vec::new();
         tokio::time::timeout(
             std::time::Duration::from_secs(30),
@@ -293,9 +319,12 @@ async fn clients_that_send_no_complete_head_are_cut_after_the_header_read_timeou
         .await
         .expect("closed by the proxy within 30 s")
         .ok();
+        assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
     }
-    // The timeout is 10 s; neither connection was closed before it.
+    // The timeout is 10 s; no connection was closed before it.
     assert!(started.elapsed() >= std::time::Duration::from_secs(9));
+    let slow = slow.await.unwrap();
+    assert_eq!((slow.status, slow.body.as_str()), (200, "ok"));
     // The proxy still serves.
     assert_eq!(get(&client(), &proxy.url("/")).await.status, 200);
 }
