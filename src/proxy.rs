@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
@@ -32,7 +32,9 @@ use crate::exchange::{Exchange, RequestBody, ResponseBody};
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::request_checks;
 use crate::spill::{Spill, Spilled};
-use crate::upstream::{ErrorKind, RequestHead, UpstreamBody, UpstreamClient, UpstreamError};
+use crate::upstream::{
+    ErrorKind, Queueing, RequestHead, UpstreamBody, UpstreamClient, UpstreamError,
+};
 
 /// The body the proxy answers with: the upstream's, streamed, or a short message of its own.
 pub type ProxyBody = ResponseBody<Outgoing>;
@@ -80,6 +82,8 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 pub struct Peer {
     pub addr: SocketAddr,
     ip: HeaderValue,
+    /// When the connection was accepted.
+    pub since: Instant,
 }
 
 impl Peer {
@@ -88,6 +92,7 @@ impl Peer {
         Peer {
             addr,
             ip: HeaderValue::from_str(&ip).expect("an IP address is a header value"),
+            since: Instant::now(),
         }
     }
 }
@@ -596,9 +601,19 @@ impl Proxy {
                 fields: &fields,
             };
             exchange.attempt(i, Some(endpoint.clone()));
-            let sending = self
-                .client
-                .send(&endpoint, &head, upstream_body, exchange, pooled);
+            // Asked only after a connect timed out: is there another endpoint to retry on?
+            let alone = || {
+                let mut tried = failed.clone();
+                tried.push(endpoint.authority.clone());
+                self.retry_target(route, i, &tried, forced).is_none()
+            };
+            let queueing = Queueing {
+                client_since: sent.peer.since,
+                alone: &alone,
+            };
+            let sending =
+                self.client
+                    .send(&endpoint, &head, upstream_body, exchange, pooled, &queueing);
             let e = match sending.await {
                 Ok(resp) => {
                     if endpoint.record_success() {
