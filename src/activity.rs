@@ -24,6 +24,11 @@ impl Activity {
         }
     }
 
+    /// When the connection was accepted.
+    pub fn since(&self) -> Instant {
+        self.epoch
+    }
+
     /// A request's head has been read; it is in flight until [`Activity::end`].
     pub fn begin(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);

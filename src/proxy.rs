@@ -33,7 +33,9 @@ use crate::exchange::{Exchange, RequestBody, ResponseBody};
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::request_checks;
 use crate::spill::{Spill, Spilled};
-use crate::upstream::{ErrorKind, RequestHead, UpstreamBody, UpstreamClient, UpstreamError};
+use crate::upstream::{
+    ErrorKind, Queueing, RequestHead, UpstreamBody, UpstreamClient, UpstreamError,
+};
 
 /// The body the proxy answers with: the upstream's, streamed, or a short message of its own.
 pub type ProxyBody = ResponseBody<Outgoing>;
@@ -60,7 +62,8 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 pub struct Peer {
     pub addr: SocketAddr,
     ip: HeaderValue,
-    /// Whether the connection has a request in flight (see [`crate::activity`]).
+    /// Whether the connection has a request in flight, and since when it was accepted (see
+    /// [`crate::activity`]).
     pub activity: Arc<Activity>,
 }
 
@@ -585,9 +588,19 @@ impl Proxy {
                 fields: &fields,
             };
             exchange.attempt(i, Some(endpoint.clone()));
-            let sending = self
-                .client
-                .send(&endpoint, &head, upstream_body, exchange, pooled);
+            // Asked only after a connect timed out: is there another endpoint to retry on?
+            let alone = || {
+                let mut tried = failed.clone();
+                tried.push(endpoint.authority.clone());
+                self.retry_target(route, i, &tried, forced).is_none()
+            };
+            let queueing = Queueing {
+                client_since: sent.peer.activity.since(),
+                alone: &alone,
+            };
+            let sending =
+                self.client
+                    .send(&endpoint, &head, upstream_body, exchange, pooled, &queueing);
             let e = match sending.await {
                 Ok(resp) => {
                     if endpoint.record_success() {

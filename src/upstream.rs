@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::{Body, Bytes, Frame, SizeHint};
 use hyper::{Method, Response, StatusCode};
@@ -25,6 +25,7 @@ use crate::config::Discovery;
 use crate::discovery::{Resolver, discover};
 use crate::endpoints::Endpoint;
 use crate::exchange::{Exchange, RequestBody};
+use crate::pool::Waiter;
 
 /// A request as it goes upstream: HTTP/1.1 to the origin-form `target`, with `fields` as
 /// they are (the codec adds the framing).
@@ -32,6 +33,14 @@ pub struct RequestHead<'a, F> {
     pub method: &'a Method,
     pub target: &'a str,
     pub fields: &'a F,
+}
+
+/// What a request that finds no idle connection goes by as it waits for one.
+pub struct Queueing<'a> {
+    /// When its client's connection was accepted: under overload, the newest go first.
+    pub client_since: Instant,
+    /// Asked once a connect timed out: whether no other endpoint is left to retry on.
+    pub alone: &'a (dyn Fn() -> bool + Sync),
 }
 
 /// Connects to endpoints and exchanges requests over their pooled keep-alive connections.
@@ -131,6 +140,8 @@ impl UpstreamClient {
     /// upstream that stopped reading, or a client that stopped sending).
     ///
     /// `pooled: false` asks for a new connection, for a retry after a stale pooled one.
+    /// `queueing`: how it waits for a connection when none is idle (see
+    /// [`Self::connect_or_wait`]).
     pub async fn send(
         &self,
         endpoint: &Arc<Endpoint>,
@@ -138,9 +149,10 @@ impl UpstreamClient {
         body: RequestBody,
         exchange: &Exchange,
         pooled: bool,
+        queueing: &Queueing<'_>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let body_pending = !body.is_end_stream();
-        let response = self.exchange(endpoint, head, body, pooled);
+        let response = self.exchange(endpoint, head, body, pooled, queueing);
         tokio::pin!(response);
         if body_pending {
             let mut sent = exchange.bytes_in();
@@ -190,6 +202,7 @@ impl UpstreamClient {
         head: &RequestHead<'_, impl Fields + Sync>,
         mut body: RequestBody,
         pooled: bool,
+        queueing: &Queueing<'_>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         loop {
             let idle = if pooled {
@@ -201,6 +214,7 @@ impl UpstreamClient {
                 Some(conn) => (conn, true),
                 // Boxed: a rare path whose future would otherwise be moved along with every
                 // request's.
+                None if pooled => Box::pin(self.connect_or_wait(endpoint, queueing)).await?,
                 None => (Box::pin(self.connect(endpoint)).await?, false),
             };
             let coalesce = body.is_buffered();
@@ -231,53 +245,142 @@ impl UpstreamClient {
         }
     }
 
-    async fn connect(&self, endpoint: &Endpoint) -> Result<Connection, UpstreamError> {
-        // An `ip:port` endpoint is connected to as it is; a name is resolved first.
-        let addrs = match endpoint.authority.as_str().parse::<SocketAddr>() {
-            Ok(addr) => vec![addr],
-            Err(_) => self.resolve(endpoint).await?,
-        };
-        let mut failure = String::new();
-        let mut timed_out = false;
-        for addr in addrs {
-            let stream =
-                match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => {
-                        failure = format!("tcp connect error: {e}");
-                        timed_out = false;
-                        continue;
-                    }
-                    Err(_) => {
-                        failure = format!(
-                            "connect timeout ({})",
-                            humantime::format_duration(self.connect_timeout)
-                        );
-                        timed_out = true;
-                        continue;
-                    }
-                };
-            // Requests are small and latency matters more than packet count.
-            let _ = stream.set_nodelay(true);
-            return Ok(Connection::new(stream));
+    /// A new connection, or one that another request gives back first (`true`): see
+    /// [`crate::pool`]. A connect that times out while connections to the endpoint come back
+    /// is its full accept queue: the endpoint is busy with others, not gone. With no other
+    /// endpoint to go to ([`Queueing::alone`]), the request keeps its place in the queue for as long as a
+    /// connection comes back every CONNECT_TIMEOUT (REQUEST_TIMEOUT bounds it all); once none
+    /// did, or with another endpoint to retry on, the connect's timeout is the answer, as
+    /// without the queue.
+    async fn connect_or_wait(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        queueing: &Queueing<'_>,
+    ) -> Result<(Connection, bool), UpstreamError> {
+        let started = Instant::now();
+        let mut waiter = endpoint
+            .pool
+            .wait(started + self.connect_timeout, queueing.client_since);
+        // A backlog that is not draining, with nowhere else to go: a new connection would at
+        // best join the app's own backlog, accepted by the kernel and left unread while the app
+        // serves the connections it holds. Wait for one of those instead.
+        if endpoint.pool.backlogged(started) && (queueing.alone)() {
+            let since = started.checked_sub(self.connect_timeout).unwrap_or(started);
+            if let Some(conn) = self.wait_while_answered(endpoint, &mut waiter, since).await {
+                return Ok((conn, true));
+            }
+            // Nothing came back for a whole CONNECT_TIMEOUT: try a connection after all.
         }
-        let mut e = UpstreamError::new(ErrorKind::Connect, failure);
-        e.connect_timed_out = timed_out;
-        Err(e)
+        let (timeout, resolver, ep) = (
+            self.connect_timeout,
+            self.resolver.clone(),
+            endpoint.clone(),
+        );
+        let mut connecting = Box::pin(async move { connect(timeout, &resolver, &ep).await });
+        let timed_out = tokio::select! {
+            Some(conn) = &mut waiter => {
+                // The connect goes on (within CONNECT_TIMEOUT), for the next request.
+                let endpoint = endpoint.clone();
+                tokio::spawn(async move {
+                    if let Ok(conn) = connecting.await {
+                        endpoint.pool.checkin_new(conn);
+                    }
+                });
+                return Ok((conn, true));
+            }
+            connected = &mut connecting => match connected {
+                Ok(conn) => return Ok((conn, false)),
+                Err(e) if e.connect_timed_out => e,
+                Err(e) => return Err(e),
+            },
+        };
+        if !(queueing.alone)() {
+            return Err(timed_out);
+        }
+        match self
+            .wait_while_answered(endpoint, &mut waiter, started)
+            .await
+        {
+            Some(conn) => Ok((conn, true)),
+            None => Err(timed_out),
+        }
     }
 
-    /// The addresses of an endpoint that is a name (discovery off), asked anew for every
-    /// connection: the VIP behaviour an operator chose.
-    async fn resolve(&self, endpoint: &Endpoint) -> Result<Vec<SocketAddr>, UpstreamError> {
-        let port = endpoint.authority.port_u16().unwrap_or(80);
-        let (ips, _) = discover(&self.resolver, endpoint.authority.host(), Discovery::Off)
-            .await
-            .map_err(|cause| UpstreamError::new(ErrorKind::Dns, cause))?;
-        Ok(ips
-            .into_iter()
-            .map(|ip| SocketAddr::new(ip, port))
-            .collect())
+    /// The connection `waiter` gets, if one comes back while connections to the endpoint keep
+    /// coming back (one since `since`, then one every CONNECT_TIMEOUT).
+    async fn wait_while_answered(
+        &self,
+        endpoint: &Endpoint,
+        waiter: &mut Waiter<'_>,
+        mut since: Instant,
+    ) -> Option<Connection> {
+        while endpoint.pool.checked_in_since(since) {
+            since = Instant::now();
+            match tokio::time::timeout(self.connect_timeout, &mut *waiter).await {
+                Ok(conn) => return conn,
+                Err(_) => continue,
+            }
+        }
+        None
     }
+
+    async fn connect(&self, endpoint: &Endpoint) -> Result<Connection, UpstreamError> {
+        connect(self.connect_timeout, &self.resolver, endpoint).await
+    }
+}
+
+async fn connect(
+    connect_timeout: Duration,
+    resolver: &Resolver,
+    endpoint: &Endpoint,
+) -> Result<Connection, UpstreamError> {
+    // An `ip:port` endpoint is connected to as it is; a name is resolved first.
+    let addrs = match endpoint.authority.as_str().parse::<SocketAddr>() {
+        Ok(addr) => vec![addr],
+        Err(_) => resolve(resolver, endpoint).await?,
+    };
+    let mut failure = String::new();
+    let mut timed_out = false;
+    for addr in addrs {
+        let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                failure = format!("tcp connect error: {e}");
+                timed_out = false;
+                continue;
+            }
+            Err(_) => {
+                failure = format!(
+                    "connect timeout ({})",
+                    humantime::format_duration(connect_timeout)
+                );
+                timed_out = true;
+                continue;
+            }
+        };
+        // Requests are small and latency matters more than packet count.
+        let _ = stream.set_nodelay(true);
+        return Ok(Connection::new(stream));
+    }
+    let mut e = UpstreamError::new(ErrorKind::Connect, failure);
+    e.connect_timed_out = timed_out;
+    Err(e)
+}
+
+/// The addresses of an endpoint that is a name (discovery off), asked anew for every
+/// connection: the VIP behaviour an operator chose.
+async fn resolve(
+    resolver: &Resolver,
+    endpoint: &Endpoint,
+) -> Result<Vec<SocketAddr>, UpstreamError> {
+    let port = endpoint.authority.port_u16().unwrap_or(80);
+    let (ips, _) = discover(resolver, endpoint.authority.host(), Discovery::Off)
+        .await
+        .map_err(|cause| UpstreamError::new(ErrorKind::Dns, cause))?;
+    Ok(ips
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect())
 }
 
 /// What a failed exchange means to the proxy.

@@ -144,3 +144,83 @@ async fn a_post_on_a_pooled_connection_the_upstream_closed_is_not_sent_twice() {
     assert_eq!(heads.load(Ordering::SeqCst), 2);
     assert_eq!(conns.load(Ordering::SeqCst), 1);
 }
+
+/// An app server that serves one keep-alive connection at a time, as Python's `HTTPServer`
+/// does: it accepts a connection, answers its requests in turn (each takes `work`), and
+/// accepts the next connection only once that one closed or sat idle for `idle` (its
+/// keep-alive timeout). Its listen backlog is 1: while it is busy with one connection, the
+/// kernel completes the handshakes of two more, which wait unanswered, and drops the SYNs of
+/// the rest. Reports each request head it read.
+async fn one_connection_backend(
+    work: std::time::Duration,
+    idle: std::time::Duration,
+) -> (Backend, tokio::sync::watch::Receiver<usize>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let listener = socket.listen(1).unwrap();
+    let (heads_tx, heads) = tokio::sync::watch::channel(0);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            while let Ok(true) = tokio::time::timeout(idle, read_head(&mut stream)).await {
+                heads_tx.send_modify(|n| *n += 1);
+                tokio::time::sleep(work).await;
+                if stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    });
+    (Backend::adopt(addr, task), heads)
+}
+
+/// A burst at a backend that serves one connection at a time: new connections get nowhere
+/// (their SYNs dropped, or accepted by the kernel and left waiting), so requests wait for the
+/// connection the backend is serving as it comes back to the pool, in turn. A request that
+/// arrives mid-burst is answered once those ahead of it are, not failed with 502 after
+/// `CONNECT_TIMEOUT` nor left on a connection nobody will read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_at_a_one_connection_backend_waits_for_its_connection() {
+    use std::time::Duration;
+    let (blue, mut heads) =
+        one_connection_backend(Duration::from_millis(20), Duration::from_secs(1)).await;
+    let proxy = ProxyProcess::start(&[("BLUE", &blue.url()), ("CONNECT_TIMEOUT", "200ms")]);
+    // The backend now holds the proxy's first connection.
+    assert_eq!(get(&client(), &proxy.url("/first")).await.status, 200);
+    let burst: Vec<_> = (0..40)
+        .map(|i| {
+            let url = proxy.url(&format!("/burst/{i}"));
+            tokio::spawn(async move { get(&client(), &url).await })
+        })
+        .collect();
+    // Mid-burst: the backend is busy with the burst's first request on that connection (the
+    // 40 take 0.8 s there), and the kernel holds two more connections it has not accepted.
+    tokio::time::timeout(TIMEOUT, heads.wait_for(|n| *n >= 2))
+        .await
+        .expect("the burst reaches the backend")
+        .unwrap();
+    let probe = tokio::time::timeout(Duration::from_secs(5), get(&client(), &proxy.url("/probe")))
+        .await
+        .expect("the probe is answered within 5 s");
+    assert_eq!(
+        (probe.status, probe.body.as_str()),
+        (200, "ok\n"),
+        "{}",
+        proxy.output()
+    );
+    for (i, b) in burst.into_iter().enumerate() {
+        let r = b.await.unwrap();
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, "ok\n"),
+            "burst request {i}"
+        );
+    }
+}
