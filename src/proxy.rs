@@ -34,7 +34,7 @@ use crate::metrics::{ErrorLabels, Metrics};
 use crate::request_checks;
 use crate::spill::{Spill, Spilled};
 use crate::upstream::{
-    ErrorKind, Queueing, RequestHead, UpstreamBody, UpstreamClient, UpstreamError,
+    Detail, ErrorKind, Queueing, RequestHead, UpstreamBody, UpstreamClient, UpstreamError,
 };
 
 /// The body the proxy answers with: the upstream's, streamed, or a short message of its own.
@@ -619,7 +619,11 @@ impl Proxy {
             self.count_upstream_error(target, &e);
             // A keep-alive connection the upstream closed as it was reused: the endpoint is
             // fine, and a request that may go again goes on a new connection to it, once.
-            if e.stale_connection && pooled && body_empty && parts.method.is_idempotent() {
+            if e.detail == Detail::StaleConnection
+                && pooled
+                && body_empty
+                && parts.method.is_idempotent()
+            {
                 debug!(
                     color = target.name,
                     endpoint = %endpoint.authority,
@@ -652,7 +656,7 @@ impl Proxy {
                 // An invalid response was still an answer: the request was heard.
                 ErrorKind::Reset => {
                     !reset_retried
-                        && !e.invalid_response
+                        && e.detail != Detail::InvalidResponse
                         && body_empty
                         && parts.method.is_idempotent()
                 }
@@ -663,8 +667,9 @@ impl Proxy {
             // endpoint (HAProxy's `retries`): a SYN dropped by a full accept queue or on the
             // way would otherwise cost the request, as the kernel resends it only after 1 s.
             let next = if retry {
-                self.retry_target(route, i, &failed, forced)
-                    .or_else(|| e.connect_timed_out.then(|| (i, endpoint.clone())))
+                self.retry_target(route, i, &failed, forced).or_else(|| {
+                    (e.detail == Detail::ConnectTimedOut).then(|| (i, endpoint.clone()))
+                })
             } else {
                 None
             };

@@ -57,16 +57,23 @@ pub struct UpstreamError {
     pub kind: ErrorKind,
     /// The cause chain, e.g. `tcp connect error: Connection refused (os error 111)`.
     pub cause: String,
-    /// The request went out on a pooled keep-alive connection that broke before any response.
-    /// Most likely the upstream closed it as it was reused (its idle timeout raced ours), which
-    /// says nothing about the endpoint: a new connection will do.
-    pub stale_connection: bool,
+    /// What the retry rules need to know beyond the kind.
+    pub detail: Detail,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    None,
+    /// The request went out on a pooled keep-alive connection that broke before any
+    /// response. Most likely the upstream closed it as it was reused (its idle timeout raced
+    /// ours), which says nothing about the endpoint: a new connection will do.
+    StaleConnection,
     /// The upstream answered, but not in valid HTTP/1.1 (framing, head): it was heard, so the
     /// request is not sent again.
-    pub invalid_response: bool,
+    InvalidResponse,
     /// The connect timed out: its SYN may have been dropped (a full accept queue, a lost
     /// packet), which a new attempt on the same endpoint can get past.
-    pub connect_timed_out: bool,
+    ConnectTimedOut,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,9 +112,7 @@ impl UpstreamError {
         UpstreamError {
             kind,
             cause,
-            stale_connection: false,
-            invalid_response: false,
-            connect_timed_out: false,
+            detail: Detail::None,
         }
     }
 }
@@ -290,7 +295,7 @@ impl UpstreamClient {
             }
             connected = &mut connecting => match connected {
                 Ok(conn) => return Ok((conn, false)),
-                Err(e) if e.connect_timed_out => e,
+                Err(e) if e.detail == Detail::ConnectTimedOut => e,
                 Err(e) => return Err(e),
             },
         };
@@ -363,7 +368,9 @@ async fn connect(
         return Ok(Connection::new(stream));
     }
     let mut e = UpstreamError::new(ErrorKind::Connect, failure);
-    e.connect_timed_out = timed_out;
+    if timed_out {
+        e.detail = Detail::ConnectTimedOut;
+    }
     Err(e)
 }
 
@@ -395,8 +402,13 @@ fn send_error(e: SendError, reused: bool) -> UpstreamError {
         );
     }
     let mut err = UpstreamError::new(ErrorKind::Reset, cause);
-    err.invalid_response = e.error.is_invalid();
-    err.stale_connection = reused && e.no_response && !err.invalid_response;
+    err.detail = if e.error.is_invalid() {
+        Detail::InvalidResponse
+    } else if reused && e.no_response {
+        Detail::StaleConnection
+    } else {
+        Detail::None
+    };
     err
 }
 
