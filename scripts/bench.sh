@@ -89,21 +89,9 @@ server_cpu=1
 for tool in taskset getconf curl ss awk sort pgrep timeout; do
   command -v "$tool" >/dev/null || die "needs $tool"
 done
-missing=()
-command -v nginx >/dev/null || missing+=(nginx)
-command -v haproxy >/dev/null || missing+=(haproxy)
-command -v wrk >/dev/null || missing+=(wrk)
-command -v socat >/dev/null || missing+=(socat)
-if [ "${#missing[@]}" -gt 0 ]; then
-  [ "$(id -u)" -eq 0 ] || die "needs ${missing[*]}: run as root to install them, or apt-get install ${missing[*]}"
-  echo "== installing ${missing[*]} from Debian"
-  apt-get update -qq || die "apt-get update failed"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
-    die "apt-get install ${missing[*]} failed"
-  for tool in "${missing[@]}"; do
-    command -v "$tool" >/dev/null || die "$tool is still missing after apt-get install"
-  done
-fi
+# shellcheck source=scripts/need.sh
+. scripts/need.sh
+need nginx haproxy wrk socat
 clk_tck=$(getconf CLK_TCK)
 # As root, wrk, the upstreams and the proxies run at nice -10, so that other work on the machine
 # (a build, say) disturbs the measurement less. NICE=0 turns that off.

@@ -28,18 +28,9 @@ duration=${DURATION:-6}
 case $duration in '' | *[!0-9]* | 0) die "DURATION must be a positive integer, got '$duration'" ;; esac
 [ "$duration" -le 120 ] || die "DURATION is at most 120 s"
 
-missing=()
-command -v valgrind >/dev/null || missing+=(valgrind)
-command -v nginx >/dev/null || missing+=(nginx)
-command -v wrk >/dev/null || missing+=(wrk)
-command -v python3 >/dev/null || missing+=(python3)
-if [ ${#missing[@]} -gt 0 ]; then
-  [ "$(id -u)" -eq 0 ] || die "needs ${missing[*]}: run as root, or apt-get install ${missing[*]}"
-  echo "== installing ${missing[*]} from Debian"
-  apt-get update -qq || die "apt-get update failed"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
-    die "apt-get install ${missing[*]} failed"
-fi
+# shellcheck source=scripts/need.sh
+. scripts/need.sh
+need valgrind nginx wrk python3
 
 colorproxy=${COLORPROXY:-}
 if [ -z "$colorproxy" ]; then

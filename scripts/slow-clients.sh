@@ -37,18 +37,9 @@ for m in "${modes[@]}"; do
   esac
 done
 
-missing=()
-command -v slowhttptest >/dev/null || missing+=(slowhttptest)
-command -v nginx >/dev/null || missing+=(nginx)
-command -v curl >/dev/null || missing+=(curl)
-command -v python3 >/dev/null || missing+=(python3)
-if [ ${#missing[@]} -gt 0 ]; then
-  [ "$(id -u)" -eq 0 ] || die "needs ${missing[*]}: run as root, or apt-get install ${missing[*]}"
-  echo "== installing ${missing[*]} from Debian"
-  apt-get update -qq || die "apt-get update failed"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
-    die "apt-get install ${missing[*]} failed"
-fi
+# shellcheck source=scripts/need.sh
+. scripts/need.sh
+need slowhttptest nginx curl python3
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 [ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge $((conns * 2 + 100)) ] ||
   die "needs $((conns * 2 + 100)) open files (ulimit -n is $(ulimit -n))"

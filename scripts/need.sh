@@ -1,0 +1,19 @@
+# shellcheck shell=bash
+# Sourced by the measuring scripts: `need TOOL...` installs from Debian each tool that is not
+# on PATH (the package has the tool's name), as root, and fails through the caller's `die`
+# otherwise.
+need() {
+  local missing=() tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  [ "$(id -u)" -eq 0 ] || die "needs ${missing[*]}: run as root to install them, or apt-get install ${missing[*]}"
+  echo "== installing ${missing[*]} from Debian"
+  apt-get update -qq || die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+    die "apt-get install ${missing[*]} failed"
+  for tool in "${missing[@]}"; do
+    command -v "$tool" >/dev/null || die "$tool is still missing after apt-get install"
+  done
+}
