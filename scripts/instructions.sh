@@ -32,13 +32,7 @@ case $duration in '' | *[!0-9]* | 0) die "DURATION must be a positive integer, g
 . scripts/need.sh
 need valgrind nginx wrk python3
 
-colorproxy=${COLORPROXY:-}
-if [ -z "$colorproxy" ]; then
-  echo "== cargo build --release -p colorproxy"
-  cargo build --release --locked -p colorproxy >/dev/null 2>&1 || die "cargo build failed"
-  colorproxy=target/release/colorproxy
-fi
-[ -x "$colorproxy" ] || die "no colorproxy binary at $colorproxy"
+release_binary
 colorproxy=$(realpath "$colorproxy")
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/colorproxy-instr.XXXXXX")

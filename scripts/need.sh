@@ -17,3 +17,14 @@ need() {
     command -v "$tool" >/dev/null || die "$tool is still missing after apt-get install"
   done
 }
+
+# `release_binary`: sets $colorproxy to $COLORPROXY, or to a release build made now.
+release_binary() {
+  colorproxy=${COLORPROXY:-}
+  if [ -z "$colorproxy" ]; then
+    echo "== cargo build --release -p colorproxy"
+    cargo build --release --locked -p colorproxy >/dev/null 2>&1 || die "cargo build failed"
+    colorproxy=target/release/colorproxy
+  fi
+  [ -x "$colorproxy" ] || die "no colorproxy binary at $colorproxy"
+}

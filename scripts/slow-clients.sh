@@ -44,13 +44,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 [ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge $((conns * 2 + 100)) ] ||
   die "needs $((conns * 2 + 100)) open files (ulimit -n is $(ulimit -n))"
 
-colorproxy=${COLORPROXY:-}
-if [ -z "$colorproxy" ]; then
-  echo "== cargo build --release -p colorproxy"
-  cargo build --release --locked -p colorproxy >/dev/null 2>&1 || die "cargo build failed"
-  colorproxy=target/release/colorproxy
-fi
-[ -x "$colorproxy" ] || die "no colorproxy binary at $colorproxy"
+release_binary
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/colorproxy-slow.XXXXXX")
 chmod 777 "$work" # nginx's workers (user nobody) keep request bodies here
