@@ -6,7 +6,9 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
@@ -211,6 +213,10 @@ async fn sniff(stream: &TcpStream) -> io::Result<Option<Protocol>> {
 /// With `idle`: an HTTP/1 connection with no request in flight and no complete request head
 /// for HEADER_READ_TIMEOUT is closed (a slowloris client, or a keep-alive connection nobody
 /// uses). Its one timer is looked at when it fires: no per-request timer.
+///
+/// The connection is polled at every wake-up (twice per request: the request, then the
+/// upstream's answer); the drain signal and the timer only when one of them woke the task:
+/// they are polled with a waker of their own ([`Raised`]) that notes it.
 async fn until_drained<C>(
     conn: C,
     mut draining: watch::Receiver<()>,
@@ -223,27 +229,80 @@ where
     tokio::pin!(conn);
     let timer = tokio::time::sleep(HEADER_READ_TIMEOUT);
     tokio::pin!(timer);
-    loop {
-        tokio::select! {
-            biased;
-            done = conn.as_mut() => return done,
-            _ = draining.changed() => break,
-            () = timer.as_mut(), if idle.is_some() => {
-                let now = tokio::time::Instant::now();
-                match idle.and_then(|a| a.idle_deadline(HEADER_READ_TIMEOUT)) {
-                    // A request in flight may take as long as it takes.
-                    None => timer.as_mut().reset(now + HEADER_READ_TIMEOUT),
-                    Some(deadline) if deadline <= now.into_std() => {
-                        debug!("no request within the header read timeout, closing");
-                        return Ok(());
-                    }
-                    Some(deadline) => timer.as_mut().reset(deadline.into()),
+    let changed = draining.changed();
+    tokio::pin!(changed);
+    let raised = Arc::new(Raised::default());
+    let side = Waker::from(raised.clone());
+    let ended = std::future::poll_fn(|cx| {
+        if let Poll::Ready(done) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Some(done));
+        }
+        if !raised.wakes(cx.waker()) {
+            return Poll::Pending;
+        }
+        let mut side_cx = Context::from_waker(&side);
+        if changed.as_mut().poll(&mut side_cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        let Some(activity) = idle else {
+            return Poll::Pending;
+        };
+        while timer.as_mut().poll(&mut side_cx).is_ready() {
+            let now = tokio::time::Instant::now();
+            match activity.idle_deadline(HEADER_READ_TIMEOUT) {
+                // A request in flight may take as long as it takes.
+                None => timer.as_mut().reset(now + HEADER_READ_TIMEOUT),
+                Some(deadline) if deadline <= now.into_std() => {
+                    debug!("no request within the header read timeout, closing");
+                    return Poll::Ready(Some(Ok(())));
                 }
+                Some(deadline) => timer.as_mut().reset(deadline.into()),
             }
         }
+        Poll::Pending
+    })
+    .await;
+    if let Some(done) = ended {
+        return done;
     }
     graceful_shutdown(conn.as_mut());
     conn.await
+}
+
+/// A waker that notes it was woken, then wakes the task: what tells [`until_drained`] that
+/// its signal or timer needs polling.
+#[derive(Default)]
+struct Raised {
+    raised: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Raised {
+    /// Whether what this waker was given needs polling: it was woken, or the task's waker is
+    /// a new one (as at the first poll), which it wakes from now on.
+    fn wakes(&self, task: &Waker) -> bool {
+        let mut known = self.task.lock().expect("waker lock");
+        if !known.as_ref().is_some_and(|w| w.will_wake(task)) {
+            *known = Some(task.clone());
+            self.raised.store(false, Ordering::Release);
+            return true;
+        }
+        drop(known);
+        self.raised.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl Wake for Raised {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.raised.store(true, Ordering::Release);
+        if let Some(task) = self.task.lock().expect("waker lock").as_ref() {
+            task.wake_by_ref();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -186,16 +186,8 @@ impl UpstreamClient {
                 }
             }
         }
-        match tokio::time::timeout(self.request_timeout, response).await {
-            Ok(res) => res,
-            Err(_) => Err(UpstreamError::new(
-                ErrorKind::Timeout,
-                format!(
-                    "no response headers within {}",
-                    humantime::format_duration(self.request_timeout)
-                ),
-            )),
-        }
+        // The response head's own deadline is the connection's ([`Connection::send`]).
+        response.await
     }
 
     /// One exchange on a pooled connection, else on a new one. A pooled connection that the
@@ -219,12 +211,21 @@ impl UpstreamClient {
                 Some(conn) => (conn, true),
                 // Boxed: a rare path whose future would otherwise be moved along with every
                 // request's.
-                None if pooled => Box::pin(self.connect_or_wait(endpoint, queueing)).await?,
-                None => (Box::pin(self.connect(endpoint)).await?, false),
+                None if pooled => {
+                    Box::pin(self.bounded(self.connect_or_wait(endpoint, queueing))).await?
+                }
+                None => (Box::pin(self.bounded(self.connect(endpoint))).await?, false),
             };
             let coalesce = body.is_buffered();
             match conn
-                .send(head.method, head.target, head.fields, &mut body, coalesce)
+                .send(
+                    head.method,
+                    head.target,
+                    head.fields,
+                    &mut body,
+                    coalesce,
+                    self.request_timeout,
+                )
                 .await
             {
                 Ok(resp) => {
@@ -245,9 +246,31 @@ impl UpstreamClient {
                 }
                 // Nothing went out: the next connection gets the request as it is.
                 Err(e) if reused && e.unsent && (e.body_intact || body.rewind()) => continue,
+                Err(e) if e.error.is_timeout() => return Err(self.no_head()),
                 Err(e) => return Err(send_error(e, reused)),
             }
         }
+    }
+
+    /// Waiting for a connection, bounded by REQUEST_TIMEOUT as the response head is.
+    async fn bounded<T>(
+        &self,
+        getting: impl Future<Output = Result<T, UpstreamError>>,
+    ) -> Result<T, UpstreamError> {
+        match tokio::time::timeout(self.request_timeout, getting).await {
+            Ok(got) => got,
+            Err(_) => Err(self.no_head()),
+        }
+    }
+
+    fn no_head(&self) -> UpstreamError {
+        UpstreamError::new(
+            ErrorKind::Timeout,
+            format!(
+                "no response headers within {}",
+                humantime::format_duration(self.request_timeout)
+            ),
+        )
     }
 
     /// A new connection, or one that another request gives back first (`true`): see

@@ -26,6 +26,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const WAIT: Duration = Duration::from_secs(10);
+/// The codec's own deadline for a response head, longer than any test waits.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A server that answers every request head on a connection with `answer`, and closes after
 /// the first answer when `close` is set. Counts the requests it answered.
@@ -171,7 +173,14 @@ async fn with_codec(addr: std::net::SocketAddr, method: &Method) -> Seen {
     let conn = Connection::new(stream);
     let resp = tokio::time::timeout(
         WAIT,
-        conn.send(method, "/", &headers, &mut Empty::<Bytes>::new(), true),
+        conn.send(
+            method,
+            "/",
+            &headers,
+            &mut Empty::<Bytes>::new(),
+            true,
+            HEAD_TIMEOUT,
+        ),
     )
     .await
     .expect("no hang")
@@ -183,7 +192,14 @@ async fn with_codec(addr: std::net::SocketAddr, method: &Method) -> Seen {
     let reused = match body.take_reusable() {
         Some(conn) => tokio::time::timeout(
             WAIT,
-            conn.send(method, "/", &headers, &mut Empty::<Bytes>::new(), true),
+            conn.send(
+                method,
+                "/",
+                &headers,
+                &mut Empty::<Bytes>::new(),
+                true,
+                HEAD_TIMEOUT,
+            ),
         )
         .await
         .expect("no hang")
@@ -303,7 +319,14 @@ async fn the_codec_refuses_what_a_proxy_must_not_guess_at() {
         let stream = TcpStream::connect(addr).await.unwrap();
         let got = tokio::time::timeout(
             WAIT,
-            Connection::new(stream).send(&Method::GET, "/", &HeaderMap::new(), &mut Empty::<Bytes>::new(), true),
+            Connection::new(stream).send(
+                &Method::GET,
+                "/",
+                &HeaderMap::new(),
+                &mut Empty::<Bytes>::new(),
+                true,
+                HEAD_TIMEOUT,
+            ),
         )
         .await
         .expect("no hang");
@@ -330,7 +353,14 @@ async fn a_request_body_goes_with_its_framing_and_early_answers_are_read() {
     let mut body = http_body_util::Full::new(body);
     let resp = tokio::time::timeout(
         WAIT,
-        Connection::new(stream).send(&Method::POST, "/upload", &headers, &mut body, true),
+        Connection::new(stream).send(
+            &Method::POST,
+            "/upload",
+            &headers,
+            &mut body,
+            true,
+            HEAD_TIMEOUT,
+        ),
     )
     .await
     .expect("no hang")
@@ -496,6 +526,59 @@ proptest! {
         prop_assert_eq!(&whole, &Ok((200, body)));
         prop_assert_eq!(whole, pieces);
     }
+}
+
+/// The response-head deadline is the connection's one timer, reset for each request: a
+/// request after one that had a long deadline still gets its own, shorter one, and the
+/// connection is not silently reused after it fired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_on_a_connection_gets_its_own_head_deadline() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Answers the first request head, then reads and never answers.
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let mut answered = false;
+        loop {
+            if !answered && let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                buf.drain(..end + 4);
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    .await
+                    .unwrap();
+                answered = true;
+            }
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let get = |conn: Connection, within: Duration| async move {
+        let (fields, mut body) = (HeaderMap::new(), Empty::<Bytes>::new());
+        let send = conn.send(&Method::GET, "/", &fields, &mut body, true, within);
+        tokio::time::timeout(WAIT, send).await.expect("no hang")
+    };
+    let first = get(Connection::new(stream), HEAD_TIMEOUT)
+        .await
+        .expect("the first answer");
+    assert_eq!(first.status(), 200);
+    let conn = first.into_body().take_reusable().expect("reusable");
+    let started = std::time::Instant::now();
+    let e = get(conn, Duration::from_millis(200))
+        .await
+        .err()
+        .expect("no answer to the second request");
+    assert!(e.error.is_timeout(), "{e}");
+    assert!(!e.unsent, "{e}");
+    assert!(
+        e.to_string().contains("no response head within 200ms"),
+        "{e}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    server.abort();
 }
 
 mod common;
@@ -670,6 +753,7 @@ async fn a_connection_reset_before_the_request_leaves_the_body_untouched() {
                 &HeaderMap::new(),
                 &mut body,
                 coalesce,
+                HEAD_TIMEOUT,
             ),
         )
         .await

@@ -12,6 +12,7 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use http_body_util::BodyExt;
@@ -20,6 +21,7 @@ use hyper::{Method, Response, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::WriteHalf;
+use tokio::time::{Instant, Sleep};
 
 use super::Error;
 use super::body::{Decoded, Decoder, Framing};
@@ -39,6 +41,10 @@ pub struct Connection {
     /// The request head being written; kept for the next request.
     head: Vec<u8>,
     next_read: usize,
+    /// The one timer of the connection's waits, made at its first and reset for each after:
+    /// resetting a tokio timer to a later deadline is an atomic store, while a timer per
+    /// request costs an insertion into and a removal from the runtime's timer wheel.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// Why [`Connection::send`] failed.
@@ -81,6 +87,7 @@ impl Connection {
             buf: BytesMut::new(),
             head: Vec::new(),
             next_read: FIRST_READ,
+            timer: None,
         }
     }
 
@@ -107,6 +114,10 @@ impl Connection {
     /// `coalesce`: the body's first frame, when at hand, goes out in the head's write. Only
     /// for a body that can be taken again (held whole): a frame taken for a write that then
     /// fails is otherwise lost to a retry on another connection.
+    ///
+    /// `head_timeout`: how long the response head may take once the request has gone out
+    /// whole; past it, the send fails with a timeout ([`Error::is_timeout`]). While the body
+    /// is still going out, no time limit applies here (the caller watches its progress).
     pub async fn send<B>(
         mut self,
         method: &Method,
@@ -114,6 +125,7 @@ impl Connection {
         fields: &impl Fields,
         body: &mut B,
         coalesce: bool,
+        head_timeout: Duration,
     ) -> Result<Response<ResponseBody>, SendError>
     where
         B: Body<Data = Bytes> + Unpin,
@@ -139,6 +151,7 @@ impl Connection {
                 buf,
                 head: head_buf,
                 next_read,
+                timer,
             } = &mut self;
             let (mut rd, mut wr) = stream.split();
             let sending = send_body(&mut wr, head_buf, body, framing, first, &wrote);
@@ -146,6 +159,8 @@ impl Connection {
             let mut sent = false;
             let mut write_failed: Option<io::Error> = None;
             let mut received = false;
+            // When the request went out whole: the response head is due `head_timeout` later.
+            let mut due: Option<Instant> = None;
             let fail = |error: Error, received: bool| SendError {
                 error,
                 unsent: !wrote.load(Ordering::Relaxed),
@@ -163,7 +178,20 @@ impl Connection {
                 }
                 reserve(buf, next_read);
                 let read = if sent || write_failed.is_some() {
-                    tokio::io::AsyncReadExt::read_buf(&mut rd, buf).await
+                    let deadline = *due.get_or_insert_with(|| Instant::now() + head_timeout);
+                    let timer = arm(timer, deadline);
+                    tokio::select! {
+                        biased;
+                        r = tokio::io::AsyncReadExt::read_buf(&mut rd, buf) => r,
+                        () = timer => {
+                            let why = format!(
+                                "no response head within {}",
+                                humantime::format_duration(head_timeout)
+                            );
+                            let e = io::Error::new(io::ErrorKind::TimedOut, why);
+                            return Err(fail(Error::Io("waiting for the response head", e), received));
+                        }
+                    }
                 } else {
                     tokio::select! {
                         biased;
@@ -219,6 +247,22 @@ impl Connection {
         *resp.version_mut() = head.version;
         *resp.headers_mut() = head.headers;
         Ok(resp)
+    }
+}
+
+/// The connection's timer, set to go off at `deadline`. A timer made for an earlier wait is
+/// reset, which for a later deadline than it had costs no work in the timer wheel.
+fn arm(timer: &mut Option<Pin<Box<Sleep>>>, deadline: Instant) -> Pin<&mut Sleep> {
+    match timer {
+        Some(t) => {
+            if t.deadline() != deadline {
+                t.as_mut().reset(deadline);
+            }
+            t.as_mut()
+        }
+        None => timer
+            .insert(Box::pin(tokio::time::sleep_until(deadline)))
+            .as_mut(),
     }
 }
 
