@@ -1015,18 +1015,38 @@ struct UpstreamFields<'a> {
     client: &'a HeaderMap,
     /// Names the client's `Connection` lists (rarely any).
     named: Vec<HeaderName>,
-    /// The proxy's own fields, after the client's.
-    own: [Option<(HeaderName, HeaderValue)>; 7],
+    /// The proxy's own fields, after the client's: borrowed from the request, the peer and
+    /// the target, so that none is copied for a request.
+    own: [(&'static HeaderName, Own<'a>); 7],
+    /// The values made for this request, which `own` points at (rare: a `Host` from an
+    /// HTTP/2 authority, an `X-Forwarded-For` that adds to the client's).
+    made_host: Option<HeaderValue>,
+    made_for: Option<HeaderValue>,
 }
+
+/// One of the proxy's own fields.
+#[derive(Clone, Copy)]
+enum Own<'a> {
+    Absent,
+    Is(&'a HeaderValue),
+    MadeHost,
+    MadeFor,
+}
+
+static HOST: HeaderName = header::HOST;
+static CONNECTION: HeaderName = header::CONNECTION;
+static UPGRADE: HeaderName = header::UPGRADE;
+static HTTP: HeaderValue = HeaderValue::from_static("http");
+static UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
 
 impl<'a> UpstreamFields<'a> {
     fn new(
         client: &'a HeaderMap,
         authority: Option<&Authority>,
-        peer: &Peer,
-        upgrade: Option<&HeaderValue>,
-        color: &HeaderValue,
-        upstream_host: &HeaderValue,
+        peer: &'a Peer,
+        upgrade: Option<&'a HeaderValue>,
+        color: &'a HeaderValue,
+        upstream_host: &'a HeaderValue,
     ) -> UpstreamFields<'a> {
         let mut host = None;
         let mut forwarded_host = None;
@@ -1067,44 +1087,55 @@ impl<'a> UpstreamFields<'a> {
                 }
             }
         }
-        let host = host
-            .cloned()
-            .or_else(|| authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-        let forwarded_host = forwarded_host
-            .cloned()
-            .or_else(|| host.clone())
-            .map(|v| (X_FORWARDED_HOST.clone(), v));
-        let host = (header::HOST, host.unwrap_or_else(|| upstream_host.clone()));
-        let for_ = if forwarded_for.is_empty() {
-            peer.ip.clone()
+        let made_host = match host {
+            None => authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+            Some(_) => None,
+        };
+        let host = match (host, &made_host) {
+            (Some(h), _) => Own::Is(h),
+            (None, Some(_)) => Own::MadeHost,
+            (None, None) => Own::Absent,
+        };
+        let forwarded_host = match forwarded_host {
+            Some(v) => Own::Is(v),
+            None => host,
+        };
+        let host = match host {
+            Own::Absent => Own::Is(upstream_host),
+            h => h,
+        };
+        let made_for = if forwarded_for.is_empty() {
+            None
         } else {
             forwarded_for.push(peer.ip.to_str().expect("an IP address is visible ASCII"));
-            HeaderValue::from_str(&forwarded_for.join(", ")).unwrap_or_else(|_| peer.ip.clone())
+            HeaderValue::from_str(&forwarded_for.join(", ")).ok()
+        };
+        let for_ = match made_for {
+            Some(_) => Own::MadeFor,
+            None => Own::Is(&peer.ip),
         };
         // A TLS terminator in front of colorproxy says https; keep its word, else it is http.
         let proto = proto
             .filter(|p| matches!(p.as_bytes(), b"http" | b"https"))
-            .cloned()
-            .unwrap_or_else(|| HeaderValue::from_static("http"));
+            .unwrap_or(&HTTP);
         let (connection, upgrade) = match upgrade {
-            Some(protocol) => (
-                Some((header::CONNECTION, HeaderValue::from_static("upgrade"))),
-                Some((header::UPGRADE, protocol.clone())),
-            ),
-            None => (None, None),
+            Some(protocol) => (Own::Is(&UPGRADE_TOKEN), Own::Is(protocol)),
+            None => (Own::Absent, Own::Absent),
         };
         UpstreamFields {
             client,
             named,
             own: [
-                forwarded_host,
-                Some(host),
-                Some((X_FORWARDED_FOR.clone(), for_)),
-                Some((X_FORWARDED_PROTO.clone(), proto)),
-                connection,
-                upgrade,
-                Some((COLOR.clone(), color.clone())),
+                (&X_FORWARDED_HOST, forwarded_host),
+                (&HOST, host),
+                (&X_FORWARDED_FOR, for_),
+                (&X_FORWARDED_PROTO, Own::Is(proto)),
+                (&CONNECTION, connection),
+                (&UPGRADE, upgrade),
+                (&COLOR, Own::Is(color)),
             ],
+            made_host,
+            made_for,
         }
     }
 }
@@ -1116,8 +1147,16 @@ impl Fields for UpstreamFields<'_> {
                 f(name, value);
             }
         }
-        for (name, value) in self.own.iter().flatten() {
-            f(name, value);
+        for &(name, value) in &self.own {
+            let value = match value {
+                Own::Absent => None,
+                Own::Is(v) => Some(v),
+                Own::MadeHost => self.made_host.as_ref(),
+                Own::MadeFor => self.made_for.as_ref(),
+            };
+            if let Some(value) = value {
+                f(name, value);
+            }
         }
     }
 }
