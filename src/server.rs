@@ -233,11 +233,17 @@ where
     tokio::pin!(changed);
     let raised = Arc::new(Raised::default());
     let side = Waker::from(raised.clone());
+    let mut known: Option<Waker> = None;
     let ended = std::future::poll_fn(|cx| {
         if let Poll::Ready(done) = conn.as_mut().poll(cx) {
             return Poll::Ready(Some(done));
         }
-        if !raised.wakes(cx.waker()) {
+        // The task's waker is always the same one in practice: compared here without a lock.
+        let fresh = !known.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if fresh {
+            known = Some(cx.waker().clone());
+            raised.wake_instead(cx.waker());
+        } else if !raised.take() {
             return Poll::Pending;
         }
         let mut side_cx = Context::from_waker(&side);
@@ -278,16 +284,14 @@ struct Raised {
 }
 
 impl Raised {
-    /// Whether what this waker was given needs polling: it was woken, or the task's waker is
-    /// a new one (as at the first poll), which it wakes from now on.
-    fn wakes(&self, task: &Waker) -> bool {
-        let mut known = self.task.lock().expect("waker lock");
-        if !known.as_ref().is_some_and(|w| w.will_wake(task)) {
-            *known = Some(task.clone());
-            self.raised.store(false, Ordering::Release);
-            return true;
-        }
-        drop(known);
+    /// From now on, a wake-up goes to `task`.
+    fn wake_instead(&self, task: &Waker) {
+        *self.task.lock().expect("waker lock") = Some(task.clone());
+        self.raised.store(false, Ordering::Release);
+    }
+
+    /// Whether it was woken since the last call.
+    fn take(&self) -> bool {
         self.raised.swap(false, Ordering::AcqRel)
     }
 }

@@ -581,6 +581,52 @@ async fn each_request_on_a_connection_gets_its_own_head_deadline() {
     server.abort();
 }
 
+/// The other way round: a timer left set for an earlier request's shorter deadline goes off
+/// while the next request, with a longer one, waits; that request still gets its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_left_from_an_earlier_request_does_not_cut_the_next_one_short() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Answers the first request head at once, the second after 600 ms.
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let mut answered = 0;
+        loop {
+            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                buf.drain(..end + 4);
+                if answered == 1 {
+                    tokio::time::sleep(Duration::from_millis(600)).await;
+                }
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    .await
+                    .unwrap();
+                answered += 1;
+            }
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let get = |conn: Connection, within: Duration| async move {
+        let (fields, mut body) = (HeaderMap::new(), Empty::<Bytes>::new());
+        let send = conn.send(&Method::GET, "/", &fields, &mut body, true, within);
+        tokio::time::timeout(WAIT, send).await.expect("no hang")
+    };
+    let first = get(Connection::new(stream), Duration::from_millis(200))
+        .await
+        .expect("the first answer");
+    let conn = first.into_body().take_reusable().expect("reusable");
+    let second = get(conn, Duration::from_secs(5))
+        .await
+        .expect("the second answer, after the first deadline passed");
+    assert_eq!(second.status(), 200);
+    server.abort();
+}
+
 mod common;
 
 /// Through the proxy: an upstream that sends more than its response (the start of another one

@@ -179,11 +179,16 @@ impl Connection {
                 reserve(buf, next_read);
                 let read = if sent || write_failed.is_some() {
                     let deadline = *due.get_or_insert_with(|| Instant::now() + head_timeout);
-                    let timer = arm(timer, deadline);
+                    let mut timer = arm(timer, deadline);
                     tokio::select! {
                         biased;
                         r = tokio::io::AsyncReadExt::read_buf(&mut rd, buf) => r,
-                        () = timer => {
+                        () = timer.as_mut() => {
+                            // Set for an earlier request, and left as it was (see `arm`).
+                            if Instant::now() < deadline {
+                                timer.reset(deadline);
+                                continue;
+                            }
                             let why = format!(
                                 "no response head within {}",
                                 humantime::format_duration(head_timeout)
@@ -250,12 +255,13 @@ impl Connection {
     }
 }
 
-/// The connection's timer, set to go off at `deadline`. A timer made for an earlier wait is
-/// reset, which for a later deadline than it had costs no work in the timer wheel.
+/// The connection's timer, to go off no later than `deadline`. A timer made for an earlier
+/// wait is left as it is when it goes off sooner: the wait sets it anew then, if it is not
+/// over (once per REQUEST_TIMEOUT rather than once per request).
 fn arm(timer: &mut Option<Pin<Box<Sleep>>>, deadline: Instant) -> Pin<&mut Sleep> {
     match timer {
         Some(t) => {
-            if t.deadline() != deadline {
+            if t.deadline() > deadline {
                 t.as_mut().reset(deadline);
             }
             t.as_mut()
