@@ -49,6 +49,13 @@ impl Endpoint {
         self.ejected_until.load(Ordering::Relaxed) <= now
     }
 
+    /// [`Self::is_live`], reading the clock only for an endpoint that was ejected once (most
+    /// never are), and then once for all the endpoints `now` is asked about.
+    fn is_live_lazy(&self, now: &LazyNow) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until == 0 || until <= now.get()
+    }
+
     /// A response arrived: the endpoint is healthy again. Returns whether it had been failing.
     pub fn record_success(&self) -> bool {
         if self.failures.load(Ordering::Relaxed) == 0 && self.ejections.load(Ordering::Relaxed) == 0
@@ -102,6 +109,20 @@ pub fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     // +1 so that "not ejected" (0) is always in the past.
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// [`now_ms`], read at the first call of [`LazyNow::get`] only.
+#[derive(Default)]
+struct LazyNow(std::cell::Cell<u64>);
+
+impl LazyNow {
+    fn get(&self) -> u64 {
+        // `now_ms` is never 0.
+        if self.0.get() == 0 {
+            self.0.set(now_ms());
+        }
+        self.0.get()
+    }
 }
 
 /// The current endpoints of one color. Discovery replaces the list; requests read it.
@@ -170,12 +191,12 @@ impl EndpointSet {
 
     /// Whether any endpoint can take a request now.
     pub fn has_live(&self) -> bool {
-        let now = now_ms();
+        let now = LazyNow::default();
         self.endpoints
             .read()
             .expect("endpoint lock")
             .iter()
-            .any(|e| e.is_live(now))
+            .any(|e| e.is_live_lazy(&now))
     }
 
     /// (live, ejected) counts.
@@ -195,10 +216,11 @@ impl EndpointSet {
         exclude: &[Authority],
         ignore_health: bool,
     ) -> Option<Arc<Endpoint>> {
-        let now = now_ms();
+        let now = LazyNow::default();
         let list = self.endpoints.read().expect("endpoint lock");
-        let eligible =
-            |e: &Endpoint| (ignore_health || e.is_live(now)) && !exclude.contains(&e.authority);
+        let eligible = |e: &Endpoint| {
+            (ignore_health || e.is_live_lazy(&now)) && !exclude.contains(&e.authority)
+        };
         let n = list.len();
         if n == 0 {
             return None;
