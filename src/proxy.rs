@@ -598,10 +598,20 @@ impl Proxy {
                 client_since: sent.peer.activity.since(),
                 alone: &alone,
             };
-            let sending =
-                self.client
-                    .send(&endpoint, &head, upstream_body, exchange, pooled, &queueing);
-            let e = match sending.await {
+            // A request without a body skips `send`'s watch over the body's progress, and
+            // the copy of its future that one more layer costs.
+            let sent_upstream = if hyper::body::Body::is_end_stream(&upstream_body) {
+                let client = &self.client;
+                client
+                    .exchange(&endpoint, &head, upstream_body, pooled, &queueing)
+                    .await
+            } else {
+                let client = &self.client;
+                client
+                    .send(&endpoint, &head, upstream_body, exchange, pooled, &queueing)
+                    .await
+            };
+            let e = match sent_upstream {
                 Ok(resp) => {
                     if endpoint.record_success() {
                         info!(color = target.name, endpoint = %endpoint.authority, "endpoint answers again");
@@ -959,10 +969,12 @@ fn needs_discovery(color: &Color) -> bool {
 /// The protocol of an HTTP/1.1 upgrade request (WebSocket), the one case where `Upgrade` and
 /// `Connection` must reach the upstream.
 fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
-    if req.version() != Version::HTTP_11 || !connection_has(req.headers(), "upgrade") {
+    if req.version() != Version::HTTP_11 {
         return None;
     }
-    req.headers().get(header::UPGRADE).cloned()
+    // `Upgrade` first: most requests have none, and then `Connection` is not read.
+    let protocol = req.headers().get(header::UPGRADE)?;
+    connection_has(req.headers(), "upgrade").then(|| protocol.clone())
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {

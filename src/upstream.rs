@@ -193,7 +193,9 @@ impl UpstreamClient {
     /// One exchange on a pooled connection, else on a new one. A pooled connection that the
     /// upstream closed while it was idle is found out before anything is written on it, and
     /// one that fails before a byte went out gives the request to the next.
-    async fn exchange(
+    ///
+    /// [`Self::send`] without its watch over the request body: for a request that has none.
+    pub async fn exchange(
         &self,
         endpoint: &Arc<Endpoint>,
         head: &RequestHead<'_, impl Fields + Sync>,
