@@ -600,13 +600,12 @@ impl Proxy {
             };
             // A request without a body skips `send`'s watch over the body's progress, and
             // the copy of its future that one more layer costs.
+            let client = &self.client;
             let sent_upstream = if hyper::body::Body::is_end_stream(&upstream_body) {
-                let client = &self.client;
                 client
                     .exchange(&endpoint, &head, upstream_body, pooled, &queueing)
                     .await
             } else {
-                let client = &self.client;
                 client
                     .send(&endpoint, &head, upstream_body, exchange, pooled, &queueing)
                     .await

@@ -147,6 +147,9 @@ impl UpstreamClient {
     /// `pooled: false` asks for a new connection, for a retry after a stale pooled one.
     /// `queueing`: how it waits for a connection when none is idle (see
     /// [`Self::connect_or_wait`]).
+    ///
+    /// The proxy sends a request without a body through [`Self::exchange`] directly: this
+    /// future would only add a layer to copy.
     pub async fn send(
         &self,
         endpoint: &Arc<Endpoint>,
@@ -156,33 +159,34 @@ impl UpstreamClient {
         pooled: bool,
         queueing: &Queueing<'_>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let body_pending = !body.is_end_stream();
+        if body.is_end_stream() {
+            // No body to watch: `body_sent` would never be signalled.
+            return self.exchange(endpoint, head, body, pooled, queueing).await;
+        }
         let response = self.exchange(endpoint, head, body, pooled, queueing);
         tokio::pin!(response);
-        if body_pending {
-            let mut sent = exchange.bytes_in();
-            loop {
-                tokio::select! {
-                    res = &mut response => return res,
-                    () = exchange.body_sent() => break,
-                    () = tokio::time::sleep(self.request_timeout) => {
-                        if exchange.bytes_in() == sent {
-                            if exchange.waiting_for_client() {
-                                exchange.client_failed(ClientFault::TooSlow {
-                                    waited: self.request_timeout,
-                                    received: sent,
-                                });
-                            }
-                            return Err(UpstreamError::new(
-                                ErrorKind::Timeout,
-                                format!(
-                                    "the request body made no progress for {} ({sent} bytes sent)",
-                                    humantime::format_duration(self.request_timeout)
-                                ),
-                            ));
+        let mut sent = exchange.bytes_in();
+        loop {
+            tokio::select! {
+                res = &mut response => return res,
+                () = exchange.body_sent() => break,
+                () = tokio::time::sleep(self.request_timeout) => {
+                    if exchange.bytes_in() == sent {
+                        if exchange.waiting_for_client() {
+                            exchange.client_failed(ClientFault::TooSlow {
+                                waited: self.request_timeout,
+                                received: sent,
+                            });
                         }
-                        sent = exchange.bytes_in();
+                        return Err(UpstreamError::new(
+                            ErrorKind::Timeout,
+                            format!(
+                                "the request body made no progress for {} ({sent} bytes sent)",
+                                humantime::format_duration(self.request_timeout)
+                            ),
+                        ));
                     }
+                    sent = exchange.bytes_in();
                 }
             }
         }

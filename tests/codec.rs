@@ -15,11 +15,11 @@ use std::time::Duration;
 use bytes::BytesMut;
 use colorproxy::codec::body::{Decoded, Decoder};
 use colorproxy::codec::head::{connection_tokens, is_hop_by_hop, parse_response};
-use colorproxy::codec::{Connection, Error};
+use colorproxy::codec::{Connection, Error, ResponseBody, SendError};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper::header::HeaderMap;
-use hyper::{Method, Request};
+use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -528,6 +528,45 @@ proptest! {
     }
 }
 
+/// A one-connection upstream that answers the `n`th request head (from 0) after `delay(n)`,
+/// or never, reading on, when that is `None`.
+fn answer_heads(
+    listener: TcpListener,
+    delay: fn(usize) -> Option<Duration>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let mut heads = 0;
+        loop {
+            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let Some(wait) = delay(heads) else { break };
+                buf.drain(..end + 4);
+                tokio::time::sleep(wait).await;
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    .await
+                    .unwrap();
+                heads += 1;
+            }
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+}
+
+/// A bodiless `GET /` on `conn` whose response head must come `within`.
+async fn get_within(
+    conn: Connection,
+    within: Duration,
+) -> Result<Response<ResponseBody>, SendError> {
+    let (fields, mut body) = (HeaderMap::new(), Empty::<Bytes>::new());
+    let send = conn.send(&Method::GET, "/", &fields, &mut body, true, within);
+    tokio::time::timeout(WAIT, send).await.expect("no hang")
+}
+
 /// The response-head deadline is the connection's one timer, reset for each request: a
 /// request after one that had a long deadline still gets its own, shorter one, and the
 /// connection is not silently reused after it fired.
@@ -535,39 +574,15 @@ proptest! {
 async fn each_request_on_a_connection_gets_its_own_head_deadline() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    // Answers the first request head, then reads and never answers.
-    let server = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let mut answered = false;
-        loop {
-            if !answered && let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                buf.drain(..end + 4);
-                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-                    .await
-                    .unwrap();
-                answered = true;
-            }
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    });
+    let server = answer_heads(listener, |n| (n == 0).then_some(Duration::ZERO));
     let stream = TcpStream::connect(addr).await.unwrap();
-    let get = |conn: Connection, within: Duration| async move {
-        let (fields, mut body) = (HeaderMap::new(), Empty::<Bytes>::new());
-        let send = conn.send(&Method::GET, "/", &fields, &mut body, true, within);
-        tokio::time::timeout(WAIT, send).await.expect("no hang")
-    };
-    let first = get(Connection::new(stream), HEAD_TIMEOUT)
+    let first = get_within(Connection::new(stream), HEAD_TIMEOUT)
         .await
         .expect("the first answer");
     assert_eq!(first.status(), 200);
     let conn = first.into_body().take_reusable().expect("reusable");
     let started = std::time::Instant::now();
-    let e = get(conn, Duration::from_millis(200))
+    let e = get_within(conn, Duration::from_millis(200))
         .await
         .err()
         .expect("no answer to the second request");
@@ -587,40 +602,15 @@ async fn each_request_on_a_connection_gets_its_own_head_deadline() {
 async fn a_deadline_left_from_an_earlier_request_does_not_cut_the_next_one_short() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    // Answers the first request head at once, the second after 600 ms.
-    let server = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let mut answered = 0;
-        loop {
-            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                buf.drain(..end + 4);
-                if answered == 1 {
-                    tokio::time::sleep(Duration::from_millis(600)).await;
-                }
-                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-                    .await
-                    .unwrap();
-                answered += 1;
-            }
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
+    let server = answer_heads(listener, |n| {
+        Some(Duration::from_millis(if n == 0 { 0 } else { 600 }))
     });
     let stream = TcpStream::connect(addr).await.unwrap();
-    let get = |conn: Connection, within: Duration| async move {
-        let (fields, mut body) = (HeaderMap::new(), Empty::<Bytes>::new());
-        let send = conn.send(&Method::GET, "/", &fields, &mut body, true, within);
-        tokio::time::timeout(WAIT, send).await.expect("no hang")
-    };
-    let first = get(Connection::new(stream), Duration::from_millis(200))
+    let first = get_within(Connection::new(stream), Duration::from_millis(200))
         .await
         .expect("the first answer");
     let conn = first.into_body().take_reusable().expect("reusable");
-    let second = get(conn, Duration::from_secs(5))
+    let second = get_within(conn, Duration::from_secs(5))
         .await
         .expect("the second answer, after the first deadline passed");
     assert_eq!(second.status(), 200);
