@@ -606,8 +606,8 @@ impl Proxy {
                     .exchange(&endpoint, &head, upstream_body, pooled, &queueing)
                     .await
             } else {
-                client
-                    .send(&endpoint, &head, upstream_body, exchange, pooled, &queueing)
+                // Boxed: its body watch would otherwise grow every request's future by a third.
+                Box::pin(client.send(&endpoint, &head, upstream_body, exchange, pooled, &queueing))
                     .await
             };
             let e = match sent_upstream {
