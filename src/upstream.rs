@@ -160,7 +160,7 @@ impl UpstreamClient {
         queueing: &Queueing<'_>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         // One future, awaited at one place or the other: two awaits of `exchange` would each
-        // get their own space in this future (1.5 KB more, moved with every request's).
+        // get their own space in this future (the size of `exchange`'s again).
         let body_pending = !body.is_end_stream();
         let response = self.exchange(endpoint, head, body, pooled, queueing);
         tokio::pin!(response);

@@ -536,3 +536,92 @@ async fn an_upstream_answer_with_both_length_and_chunked_gets_502() {
     )
     .await;
 }
+
+/// An upstream that takes one request and never answers it. Reports when it has the request,
+/// then whether the proxy let go of the connection (EOF) within TIMEOUT.
+async fn thinking_upstream() -> (
+    SocketAddr,
+    tokio::sync::oneshot::Receiver<()>,
+    tokio::sync::oneshot::Receiver<bool>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (heard, heard_rx) = tokio::sync::oneshot::channel();
+    let (dropped, dropped_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_request(&mut s).await.expect("a request");
+        let _ = heard.send(());
+        let mut rest = [0u8; 64];
+        let eof = tokio::time::timeout(TIMEOUT, s.read(&mut rest)).await;
+        let _ = dropped.send(matches!(eof, Ok(Ok(0)) | Ok(Err(_))));
+    });
+    (addr, heard_rx, dropped_rx)
+}
+
+/// A client gone while the upstream is still thinking: the upstream request is dropped at
+/// once (nginx's 499), and neither the upstream nor the color is blamed.
+async fn a_client_that_leaves_while_the_upstream_thinks(leave: impl FnOnce(TcpStream)) {
+    let (upstream, heard, dropped) = thinking_upstream().await;
+    let url = format!("http://{upstream}");
+    let mut proxy = ProxyProcess::start(&[("BLUE", &url)]);
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /think HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(TIMEOUT, heard)
+        .await
+        .expect("the upstream gets the request")
+        .unwrap();
+    leave(s);
+    let dropped = tokio::time::timeout(TIMEOUT * 2, dropped).await;
+    assert!(
+        matches!(dropped, Ok(Ok(true))),
+        "the upstream connection stayed open after the client left: {dropped:?}"
+    );
+    let line = proxy.wait_for_log("status=499");
+    assert!(line.contains("color=\"blue\""), "{line}");
+    let m = metrics(&mut proxy).await;
+    assert_eq!(metric(&m, "colorproxy_upstream_errors_total"), 0.0, "{m}");
+    assert_eq!(
+        metric(&m, "colorproxy_requests_total{color=\"blue\",code=\"499\"}"),
+        1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_closes_while_the_upstream_thinks_is_logged_499_and_its_request_dropped() {
+    a_client_that_leaves_while_the_upstream_thinks(drop).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_half_closes_while_the_upstream_thinks_counts_as_gone_too() {
+    // As nginx has it: a FIN in the middle of an exchange is a client that left.
+    a_client_that_leaves_while_the_upstream_thinks(|s| {
+        let std = s.into_std().unwrap();
+        std.shutdown(std::net::Shutdown::Write).unwrap();
+        // Kept open for reading until the test ends, so only the FIN tells.
+        std::mem::forget(std);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_pipelined_behind_one_in_flight_is_answered_after_it() {
+    let app = Backend::echo("blue").await;
+    let proxy = ProxyProcess::start(&[("BLUE", &app.url())]);
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: app\r\n\r\nGET /two HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(TIMEOUT, s.read_to_end(&mut out))
+        .await
+        .expect("both answered, then closed")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
+    let (one, two) = (out.find("/one").unwrap(), out.find("/two").unwrap());
+    assert!(one < two, "{out}");
+}

@@ -83,7 +83,7 @@ pub fn encode_request(
         (Some(_), Some(n)) => RequestFraming::Length(n),
         (Some(Some(n)), None) => {
             out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa(n, &mut [0u8; 20]));
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
             out.extend_from_slice(b"\r\n");
             RequestFraming::Length(n)
         }
@@ -94,19 +94,6 @@ pub fn encode_request(
     };
     out.extend_from_slice(b"\r\n");
     framing
-}
-
-/// Decimal digits of `n`, written into the end of `buf`.
-pub fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
 }
 
 /// A response head as read.
