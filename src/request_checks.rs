@@ -82,21 +82,34 @@ fn valid_host(value: &HeaderValue) -> bool {
 fn reg_name(name: &[u8]) -> bool {
     let mut i = 0;
     while i < name.len() {
-        match name[i] {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {}
-            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {}
-            b'%' if name.len() > i + 2
+        let b = name[i];
+        if !REG_NAME[b as usize] {
+            let escaped = b == b'%'
+                && name.len() > i + 2
                 && name[i + 1].is_ascii_hexdigit()
-                && name[i + 2].is_ascii_hexdigit() =>
-            {
-                i += 2;
+                && name[i + 2].is_ascii_hexdigit();
+            if !escaped {
+                return false;
             }
-            _ => return false,
+            i += 2;
         }
         i += 1;
     }
     true
 }
+
+/// The unreserved and sub-delims bytes of RFC 3986, by value: one load per byte of a host
+/// that every request carries, instead of a chain of ranges.
+const REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let allowed = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=";
+    let mut i = 0;
+    while i < allowed.len() {
+        table[allowed[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 /// Whether the connection of a rejected request should be closed after the 400: HTTP/1 only
 /// (HTTP/2 has no `Connection` header, and its other streams are not at fault).
