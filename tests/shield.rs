@@ -611,16 +611,11 @@ async fn a_client_that_half_closes_while_the_upstream_thinks_counts_as_gone_too(
 async fn a_request_pipelined_behind_one_in_flight_is_answered_after_it() {
     let app = Backend::echo("blue").await;
     let proxy = ProxyProcess::start(&[("BLUE", &app.url())]);
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(b"GET /one HTTP/1.1\r\nHost: app\r\n\r\nGET /two HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(TIMEOUT, s.read_to_end(&mut out))
-        .await
-        .expect("both answered, then closed")
-        .unwrap();
-    let out = String::from_utf8_lossy(&out);
+    let out = raw(
+        proxy.addr,
+        b"GET /one HTTP/1.1\r\nHost: app\r\n\r\nGET /two HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
     let (one, two) = (out.find("/one").unwrap(), out.find("/two").unwrap());
     assert!(one < two, "{out}");

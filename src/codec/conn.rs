@@ -305,120 +305,107 @@ where
     B::Error: fmt::Display,
 {
     if framing == RequestFraming::None {
-        write_all(w, &mut [IoSlice::new(head)], wrote).await
-    } else {
-        Box::pin(send_framed(w, head, body, framing, first, wrote)).await
+        return write_all(w, &mut [IoSlice::new(head)], wrote).await;
     }
-}
-
-/// Each data frame in one vectored write (the first one with the head), trailers after the
-/// last chunk of a chunked body.
-async fn send_framed<B>(
-    w: &mut WriteHalf<'_>,
-    head: &mut Vec<u8>,
-    body: &mut B,
-    framing: RequestFraming,
-    first: Option<Polled<B>>,
-    wrote: &AtomicBool,
-) -> Result<(), BodyFail>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: fmt::Display,
-{
-    let mut head_pending = true;
-    let mut next = first;
-    let mut len = 0u64;
-    let mut trailers_sent = false;
-    loop {
-        let frame = match next.take() {
-            Some(frame) => frame,
-            None => {
-                if head_pending {
-                    // The body is not at hand: the head goes first, alone.
-                    write_all(w, &mut [IoSlice::new(head)], wrote).await?;
-                    head.clear();
-                    head_pending = false;
+    // Each data frame in one vectored write (the first one with the head), trailers after
+    // the last chunk of a chunked body.
+    Box::pin(async move {
+        let mut head_pending = true;
+        let mut next = first;
+        let mut len = 0u64;
+        let mut trailers_sent = false;
+        loop {
+            let frame = match next.take() {
+                Some(frame) => frame,
+                None => {
+                    if head_pending {
+                        // The body is not at hand: the head goes first, alone.
+                        write_all(w, &mut [IoSlice::new(head)], wrote).await?;
+                        head.clear();
+                        head_pending = false;
+                    }
+                    body.frame().await
                 }
-                body.frame().await
-            }
-        };
-        let frame = match frame {
-            None => break,
-            Some(Err(e)) => return Err(BodyFail::Client(e.to_string())),
-            Some(Ok(frame)) => frame,
-        };
-        match frame.into_data() {
-            Ok(data) => {
-                if data.is_empty() {
-                    continue;
-                }
-                len += data.len() as u64;
-                if let RequestFraming::Length(n) = framing
-                    && len > n
-                {
-                    return Err(BodyFail::Client(format!(
-                        "the request body is longer than its Content-Length ({n})"
-                    )));
-                }
-                if !head_pending {
-                    head.clear();
-                }
-                let suffix: &[u8] = if framing == RequestFraming::Chunked {
-                    push_hex(head, data.len());
-                    head.extend_from_slice(b"\r\n");
-                    b"\r\n"
-                } else {
-                    b""
-                };
-                let mut slices = [
-                    IoSlice::new(head),
-                    IoSlice::new(&data),
-                    IoSlice::new(suffix),
-                ];
-                write_all(w, &mut slices, wrote).await?;
-                head_pending = false;
-            }
-            Err(frame) => {
-                if let Ok(trailers) = frame.into_trailers()
-                    && framing == RequestFraming::Chunked
-                {
+            };
+            let frame = match frame {
+                None => break,
+                Some(Err(e)) => return Err(BodyFail::Client(e.to_string())),
+                Some(Ok(frame)) => frame,
+            };
+            match frame.into_data() {
+                Ok(data) => {
+                    if data.is_empty() {
+                        continue;
+                    }
+                    len += data.len() as u64;
+                    if let RequestFraming::Length(n) = framing
+                        && len > n
+                    {
+                        return Err(BodyFail::Client(format!(
+                            "the request body is longer than its Content-Length ({n})"
+                        )));
+                    }
                     if !head_pending {
                         head.clear();
                     }
-                    head.extend_from_slice(b"0\r\n");
-                    for (name, value) in &trailers {
-                        head.extend_from_slice(name.as_str().as_bytes());
-                        head.extend_from_slice(b": ");
-                        head.extend_from_slice(value.as_bytes());
+                    let suffix: &[u8] = if framing == RequestFraming::Chunked {
+                        push_hex(head, data.len());
                         head.extend_from_slice(b"\r\n");
-                    }
-                    head.extend_from_slice(b"\r\n");
-                    write_all(w, &mut [IoSlice::new(head)], wrote).await?;
+                        b"\r\n"
+                    } else {
+                        b""
+                    };
+                    let mut slices = [
+                        IoSlice::new(head),
+                        IoSlice::new(&data),
+                        IoSlice::new(suffix),
+                    ];
+                    write_all(w, &mut slices, wrote).await?;
                     head_pending = false;
-                    trailers_sent = true;
                 }
-                // A body framed by length has no place for trailers: they go (as with hyper).
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers()
+                        && framing == RequestFraming::Chunked
+                    {
+                        if !head_pending {
+                            head.clear();
+                        }
+                        head.extend_from_slice(b"0\r\n");
+                        for (name, value) in &trailers {
+                            head.extend_from_slice(name.as_str().as_bytes());
+                            head.extend_from_slice(b": ");
+                            head.extend_from_slice(value.as_bytes());
+                            head.extend_from_slice(b"\r\n");
+                        }
+                        head.extend_from_slice(b"\r\n");
+                        write_all(w, &mut [IoSlice::new(head)], wrote).await?;
+                        head_pending = false;
+                        trailers_sent = true;
+                    }
+                    // A body framed by length has no place for trailers: they go (as with hyper).
+                }
             }
         }
-    }
-    if let RequestFraming::Length(n) = framing
-        && len < n
-    {
-        return Err(BodyFail::Client(format!(
-            "the request body ended {} bytes short of its Content-Length",
-            n - len
-        )));
-    }
-    if !head_pending {
-        head.clear();
-    }
-    if framing == RequestFraming::Chunked && !trailers_sent {
-        head.extend_from_slice(b"0\r\n\r\n");
-    }
-    if !head.is_empty() {
-        write_all(w, &mut [IoSlice::new(head)], wrote).await?;
-    }
-    Ok(())
+        if let RequestFraming::Length(n) = framing
+            && len < n
+        {
+            return Err(BodyFail::Client(format!(
+                "the request body ended {} bytes short of its Content-Length",
+                n - len
+            )));
+        }
+        if !head_pending {
+            head.clear();
+        }
+        if framing == RequestFraming::Chunked && !trailers_sent {
+            head.extend_from_slice(b"0\r\n\r\n");
+        }
+        if !head.is_empty() {
+            write_all(w, &mut [IoSlice::new(head)], wrote).await?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// `n` in hexadecimal, as a chunk size line has it.
