@@ -291,7 +291,7 @@ fn poll_now<B: Body<Data = Bytes> + Unpin>(body: &mut B) -> Poll<Polled<B>> {
 /// Writes the head, then the body as `framing` says.
 ///
 /// The body's writer is boxed: its frames and slices would otherwise make every request's
-/// future 0.75 KB larger, bodiless ones too, and that future is moved with each request.
+/// future 0.5 KB larger, bodiless ones too, and that future is moved with each request.
 async fn send_body<B>(
     w: &mut WriteHalf<'_>,
     head: &mut Vec<u8>,
