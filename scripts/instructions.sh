@@ -8,7 +8,8 @@
 #   scripts/instructions.sh
 #
 # Environment: DURATION seconds of counted load per run (6), COLORPROXY: a release binary to
-# measure instead of building one.
+# measure instead of building one, KEEP: a directory that keeps the callgrind files (for
+# `callgrind_annotate`; build with CARGO_PROFILE_RELEASE_DEBUG=1 to see colorproxy's lines).
 #
 # Method: each proxy runs under `valgrind --tool=callgrind` with one worker (colorproxy pinned to
 # one CPU, so its runtime has one thread; nginx with one worker process and no master); wrk
@@ -25,6 +26,8 @@ PATH=$PATH:/usr/sbin:/sbin
 die() { echo "instructions.sh: $*" >&2; exit 2; }
 
 duration=${DURATION:-6}
+keep=${KEEP:-}
+if [ -n "$keep" ]; then mkdir -p "$keep" || die "KEEP: cannot create directory '$keep'"; fi
 case $duration in '' | *[!0-9]* | 0) die "DURATION must be a positive integer, got '$duration'" ;; esac
 [ "$duration" -le 120 ] || die "DURATION is at most 120 s"
 
@@ -144,6 +147,7 @@ EOF
   total=$(callgrind_annotate "$out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
   [ -n "$total" ] || die "no totals in $out.1 (logs in $work)"
   instr=$((total / requests))
+  if [ -n "$keep" ]; then cp "$out.1" "$keep/callgrind.$proxy-$log" || die "cannot copy into KEEP=$keep"; fi
 }
 
 echo "== each run: 2 s warm-up, then ${duration} s counted (wrk -t1 -c8), under callgrind"

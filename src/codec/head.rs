@@ -10,6 +10,7 @@ use hyper::{Method, StatusCode, Version};
 
 use super::Error;
 use super::body::{Framing, MAX_FIELDS};
+use super::field_names::{Role, response_field, role_of};
 
 /// The largest response head taken from an upstream, as for a request head.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -179,21 +180,21 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Resp
     for &(n, nl, v, vl) in &spans[..count] {
         let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
         let name = &head[n..n + nl];
-        let name = HeaderName::from_bytes(name).map_err(|_| {
+        let (name, role) = response_field(name).map_err(|_| {
             Error::invalid(format!(
                 "bad response field name {:?}",
                 String::from_utf8_lossy(name)
             ))
         })?;
         let raw = &head[v..v + vl];
-        if name == header::CONTENT_LENGTH {
-            frame.content_length(raw)?;
-        } else if name == header::TRANSFER_ENCODING {
-            frame.transfer_encoding(raw);
-        } else if name == header::CONNECTION {
-            frame.connection(raw);
+        match role {
+            Role::Plain => {}
+            Role::ContentLength => frame.content_length(raw)?,
+            Role::TransferEncoding => frame.transfer_encoding(raw),
+            Role::Connection => frame.connection(raw),
+            Role::HopByHop => {}
         }
-        if !upgrade && is_hop_by_hop(&name) {
+        if !upgrade && is_hop_by_hop_role(role) {
             continue;
         }
         let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
@@ -223,17 +224,15 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Resp
 }
 
 /// Fields that concern one connection only (RFC 9110 §7.6.1), never passed on by a proxy.
-/// Standard names compare as small integers; the two others by their bytes.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::UPGRADE
-        || name == header::PROXY_AUTHENTICATE
-        || name == header::PROXY_AUTHORIZATION
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
+    is_hop_by_hop_role(role_of(name))
+}
+
+fn is_hop_by_hop_role(role: Role) -> bool {
+    matches!(
+        role,
+        Role::TransferEncoding | Role::Connection | Role::HopByHop
+    )
 }
 
 /// The tokens of a `Connection` value, trimmed, empty ones skipped.

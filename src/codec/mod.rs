@@ -8,6 +8,8 @@
 //! owns:
 //! - [`head`]: the request head written into one reusable buffer, and the response head
 //!   parsed with `httparse`, judged strictly for framing and keep-alive;
+//! - [`field_names`]: response field names and what each is to the codec, the common ones
+//!   by a table;
 //! - [`body`]: response body framing (length, chunked with trailers, close-delimited), sans
 //!   I/O;
 //! - [`conn`]: the connection itself: one exchange at a time, the liveness check of an idle
@@ -18,6 +20,7 @@
 
 pub mod body;
 pub mod conn;
+pub mod field_names;
 pub mod head;
 
 use std::borrow::Cow;
