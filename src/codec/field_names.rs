@@ -21,6 +21,16 @@ pub enum Role {
     HopByHop,
 }
 
+impl Role {
+    /// The field concerns one connection only (RFC 9110 §7.6.1): a proxy never passes it on.
+    pub fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Role::TransferEncoding | Role::Connection | Role::HopByHop
+        )
+    }
+}
+
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 

@@ -188,13 +188,12 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Resp
         })?;
         let raw = &head[v..v + vl];
         match role {
-            Role::Plain => {}
             Role::ContentLength => frame.content_length(raw)?,
             Role::TransferEncoding => frame.transfer_encoding(raw),
             Role::Connection => frame.connection(raw),
-            Role::HopByHop => {}
+            Role::Plain | Role::HopByHop => {}
         }
-        if !upgrade && is_hop_by_hop_role(role) {
+        if !upgrade && role.is_hop_by_hop() {
             continue;
         }
         let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
@@ -225,14 +224,7 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Resp
 
 /// Fields that concern one connection only (RFC 9110 §7.6.1), never passed on by a proxy.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    is_hop_by_hop_role(role_of(name))
-}
-
-fn is_hop_by_hop_role(role: Role) -> bool {
-    matches!(
-        role,
-        Role::TransferEncoding | Role::Connection | Role::HopByHop
-    )
+    role_of(name).is_hop_by_hop()
 }
 
 /// The tokens of a `Connection` value, trimmed, empty ones skipped.
