@@ -5,7 +5,6 @@
 //! body on its way back; whichever lets go last finishes it (in `Drop`), so a request is counted
 //! exactly once whether it completed, failed, or the client went away mid-body.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,10 +24,9 @@ use crate::metrics::{Metrics, NO_COLOR};
 
 pub struct Exchange {
     metrics: Arc<Metrics>,
-    /// Method and target, kept only for the access log.
-    logged: Option<(Method, Uri)>,
+    /// Method, target and the client's `ip:port`, kept only for the access log.
+    logged: Option<(Method, Uri, Arc<str>)>,
     start: Instant,
-    client: SocketAddr,
     /// The client connection's: in flight from here to the end of the response.
     activity: Arc<Activity>,
     /// Index of the color in the configuration; `usize::MAX` for none. A retry may change it.
@@ -53,21 +51,20 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// `logged_as`: the client as the access line names it, for a logged request.
     pub fn begin(
         metrics: &Arc<Metrics>,
-        access_log: bool,
         req: &Request<Incoming>,
-        client: SocketAddr,
+        logged_as: Option<&Arc<str>>,
         activity: &Arc<Activity>,
     ) -> Arc<Exchange> {
         metrics.in_flight.inc();
         activity.begin();
         Arc::new(Exchange {
             metrics: metrics.clone(),
-            logged: (access_log && access_log::enabled())
-                .then(|| (req.method().clone(), req.uri().clone())),
+            logged: logged_as
+                .map(|client| (req.method().clone(), req.uri().clone(), client.clone())),
             start: Instant::now(),
-            client,
             activity: activity.clone(),
             color: AtomicUsize::new(usize::MAX),
             endpoint: Mutex::new(None),
@@ -169,7 +166,7 @@ impl Drop for Exchange {
             us => std::time::Duration::from_micros(us),
         };
         m.outcome(self.color.load(Ordering::Relaxed), status, headers);
-        if let Some((method, uri)) = &self.logged {
+        if let Some((method, uri, client)) = &self.logged {
             let color = self.color_name();
             let endpoint = self.endpoint.lock().expect("endpoint lock");
             let upstream = endpoint.as_ref().map_or("-", |e| e.0.authority.as_str());
@@ -182,7 +179,7 @@ impl Drop for Exchange {
                 duration_ms: elapsed.as_secs_f64() * 1000.0,
                 bytes_in: self.bytes_in.load(Ordering::Relaxed),
                 bytes_out: self.bytes_out.load(Ordering::Relaxed),
-                client: self.client,
+                client,
             });
         }
     }

@@ -56,23 +56,27 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// The client end of a connection, with its address formatted for `X-Forwarded-For` once per
-/// connection rather than once per request.
+/// The client end of a connection, with its address formatted once per connection rather
+/// than once per request: for `X-Forwarded-For`, and as the access log writes it.
 #[derive(Clone)]
 pub struct Peer {
     pub addr: SocketAddr,
     ip: HeaderValue,
+    /// `ip:port`, when this connection's requests are logged.
+    pub logged_as: Option<Arc<str>>,
     /// Whether the connection has a request in flight, and since when it was accepted (see
     /// [`crate::activity`]).
     pub activity: Arc<Activity>,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr) -> Peer {
+    /// `logged`: the connection's requests go to the access log.
+    pub fn new(addr: SocketAddr, logged: bool) -> Peer {
         let ip = addr.ip().to_canonical().to_string();
         Peer {
             addr,
             ip: HeaderValue::from_str(&ip).expect("an IP address is a header value"),
+            logged_as: logged.then(|| addr.to_string().into()),
             activity: Arc::new(Activity::new()),
         }
     }
@@ -260,6 +264,12 @@ impl Proxy {
         }
     }
 
+    /// Whether requests get an access line: ACCESS_LOG, and the log filter letting the line
+    /// through.
+    pub fn logs_access(&self) -> bool {
+        self.access_log && crate::access_log::enabled()
+    }
+
     pub fn open_tunnels(&self) -> usize {
         self.tunnels.open.load(Ordering::SeqCst)
     }
@@ -278,13 +288,8 @@ impl Proxy {
     }
 
     pub async fn handle(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
-        let exchange = Exchange::begin(
-            &self.metrics,
-            self.access_log,
-            &req,
-            peer.addr,
-            &peer.activity,
-        );
+        let exchange =
+            Exchange::begin(&self.metrics, &req, peer.logged_as.as_ref(), &peer.activity);
         // Before anything else: the client's fault, so no color is chosen or blamed.
         if let Err(why) = request_checks::check(&req) {
             return exchange.respond(rejection(why, req.version()));
@@ -1378,7 +1383,7 @@ mod tests {
         upstream_headers(
             client,
             None,
-            &Peer::new(addr.parse().unwrap()),
+            &Peer::new(addr.parse().unwrap(), false),
             None,
             &HeaderValue::from_static("green"),
             &HeaderValue::from_static("myapp-v2:8080"),
@@ -1451,7 +1456,7 @@ mod tests {
         let h = upstream_headers(
             &HeaderMap::new(),
             Some(&Authority::from_static("shop.example:443")),
-            &Peer::new("10.1.2.3:5".parse().unwrap()),
+            &Peer::new("10.1.2.3:5".parse().unwrap(), false),
             Some(&HeaderValue::from_static("websocket")),
             &HeaderValue::from_static("blue"),
             &HeaderValue::from_static("myapp-v1:8080"),

@@ -156,7 +156,7 @@ impl Protocols {
             // Nothing was asked yet, so nothing is lost by closing now.
             _ = draining.changed() => return Ok(()),
         };
-        let client = Peer::new(peer);
+        let client = Peer::new(peer, proxy.logs_access());
         let activity = client.activity.clone();
         let service = service_fn(move |req| {
             let proxy = proxy.clone();
