@@ -129,6 +129,9 @@ pub async fn read_request(
 /// A response body read ahead of the client: frames at hand, and for a body that was not
 /// complete yet, a pump task that keeps reading up to the window ahead.
 pub struct ResponseAhead<E> {
+    /// A body read whole is most often one frame: it waits here, without a queue to allocate.
+    first: Option<Frame<Bytes>>,
+    /// The frames after the first, in order.
     frames: VecDeque<Frame<Bytes>>,
     pump: Option<Pump<E>>,
     _held: Reservation,
@@ -181,12 +184,19 @@ where
         && n <= limit
         && held.grow(n)
     {
+        let mut first = None;
         let mut frames = VecDeque::new();
         // A body that stops coming is the body's to end (see `crate::upstream::UpstreamBody`).
         while let Some(frame) = body.frame().await {
-            frames.push_back(frame?);
+            let frame = frame?;
+            if first.is_none() {
+                first = Some(frame);
+            } else {
+                frames.push_back(frame);
+            }
         }
         return Ok(ResponseRead::Ahead(ResponseAhead {
+            first,
             frames,
             pump: None,
             _held: held,
@@ -211,6 +221,7 @@ where
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(pump(body, tx, window.clone(), window_size));
     Ok(ResponseRead::Ahead(ResponseAhead {
+        first: None,
         frames: VecDeque::new(),
         pump: Some(Pump {
             rx,
@@ -269,7 +280,7 @@ impl<E> Body for ResponseAhead<E> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, E>>> {
         let this = self.get_mut();
-        if let Some(frame) = this.frames.pop_front() {
+        if let Some(frame) = this.first.take().or_else(|| this.frames.pop_front()) {
             return Poll::Ready(Some(Ok(frame)));
         }
         let Some(pump) = this.pump.as_mut() else {
@@ -296,15 +307,16 @@ impl<E> Body for ResponseAhead<E> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.frames.is_empty() && self.pump.is_none()
+        self.first.is_none() && self.frames.is_empty() && self.pump.is_none()
     }
 
     /// The frames at hand; a pumped body's length is in the upstream's `Content-Length`,
     /// which goes to the client as it is.
     fn size_hint(&self) -> SizeHint {
         let n: u64 = self
-            .frames
+            .first
             .iter()
+            .chain(&self.frames)
             .filter_map(Frame::data_ref)
             .map(|d| d.len() as u64)
             .sum();
@@ -314,6 +326,68 @@ impl<E> Body for ResponseAhead<E> {
             hint
         } else {
             SizeHint::with_exact(n)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+
+    /// A body of known length in several frames, trailers last, as an upstream body read in
+    /// several reads.
+    struct Frames(VecDeque<Frame<Bytes>>, u64);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.get_mut().0.pop_front().map(Ok))
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(self.1)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_read_whole_keeps_its_frames_in_order() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-done", "1".parse().unwrap());
+        for parts in [vec![], vec!["one"], vec!["one", "two", "three"]] {
+            let mut frames: VecDeque<_> = parts
+                .iter()
+                .map(|p| Frame::data(Bytes::from_static(p.as_bytes())))
+                .collect();
+            frames.push_back(Frame::trailers(trailers.clone()));
+            let len = parts.iter().map(|p| p.len() as u64).sum();
+            let read = read_response(Frames(frames, len), 1024, &Budget::new(1 << 20), None)
+                .await
+                .unwrap();
+            let ResponseRead::Ahead(mut ahead) = read else {
+                panic!("a body within the limit is read ahead");
+            };
+            assert_eq!(ahead.size_hint().exact(), Some(len));
+            let mut got = Vec::new();
+            while let Some(frame) = ahead.frame().await {
+                let frame = frame.unwrap();
+                match frame.into_data() {
+                    Ok(data) => got.push(String::from_utf8(data.to_vec()).unwrap()),
+                    Err(frame) => {
+                        assert_eq!(frame.into_trailers().unwrap(), trailers);
+                        got.push("trailers".into());
+                    }
+                }
+            }
+            let mut want: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
+            want.push("trailers".into());
+            assert_eq!(got, want);
+            assert!(ahead.is_end_stream());
         }
     }
 }
