@@ -60,7 +60,6 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// than once per request: for `X-Forwarded-For`, and as the access log writes it.
 #[derive(Clone)]
 pub struct Peer {
-    pub addr: SocketAddr,
     ip: HeaderValue,
     /// `ip:port`, when this connection's requests are logged.
     pub logged_as: Option<Arc<str>>,
@@ -74,7 +73,6 @@ impl Peer {
     pub fn new(addr: SocketAddr, logged: bool) -> Peer {
         let ip = addr.ip().to_canonical().to_string();
         Peer {
-            addr,
             ip: HeaderValue::from_str(&ip).expect("an IP address is a header value"),
             logged_as: logged.then(|| addr.to_string().into()),
             activity: Arc::new(Activity::new()),
