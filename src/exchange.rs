@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
-use hyper::{Method, Request, Uri};
+use hyper::body::{Body, Bytes, Frame, SizeHint};
+use hyper::http::request::Parts;
+use hyper::{Method, Uri};
 use tokio::sync::Notify;
 
 use crate::access_log;
@@ -54,7 +55,7 @@ impl Exchange {
     /// `logged_as`: the client as the access line names it, for a logged request.
     pub fn begin(
         metrics: &Arc<Metrics>,
-        req: &Request<Incoming>,
+        req: &Parts,
         logged_as: Option<&Arc<str>>,
         activity: &Arc<Activity>,
     ) -> Arc<Exchange> {
@@ -62,8 +63,7 @@ impl Exchange {
         activity.begin();
         Arc::new(Exchange {
             metrics: metrics.clone(),
-            logged: logged_as
-                .map(|client| (req.method().clone(), req.uri().clone(), client.clone())),
+            logged: logged_as.map(|client| (req.method.clone(), req.uri.clone(), client.clone())),
             start: Instant::now(),
             activity: activity.clone(),
             color: AtomicUsize::new(usize::MAX),

@@ -12,7 +12,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::http::uri::{Authority, PathAndQuery, Uri};
 use hyper::upgrade::OnUpgrade;
-use hyper::{Request, Response, StatusCode, Version};
+use hyper::{Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use rand::RngExt;
 use tokio::sync::Notify;
@@ -58,7 +58,6 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 
 /// The client end of a connection, with its address formatted once per connection rather
 /// than once per request: for `X-Forwarded-For`, and as the access log writes it.
-#[derive(Clone)]
 pub struct Peer {
     ip: HeaderValue,
     /// `ip:port`, when this connection's requests are logged.
@@ -285,21 +284,32 @@ impl Proxy {
         }
     }
 
-    pub async fn handle(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
-        let exchange =
-            Exchange::begin(&self.metrics, &req, peer.logged_as.as_ref(), &peer.activity);
+    /// The request comes in parts: its future then holds the head once, where a `Request`
+    /// taken apart inside would be held twice.
+    pub async fn handle(
+        &self,
+        mut parts: Parts,
+        body: Incoming,
+        peer: &Peer,
+    ) -> Response<ProxyBody> {
+        let exchange = Exchange::begin(
+            &self.metrics,
+            &parts,
+            peer.logged_as.as_ref(),
+            &peer.activity,
+        );
         // Before anything else: the client's fault, so no color is chosen or blamed.
-        if let Err(why) = request_checks::check(&req) {
-            return exchange.respond(rejection(why, req.version()));
+        if let Err(why) = request_checks::check(&parts) {
+            return exchange.respond(rejection(why, parts.version));
         }
-        let route = self.route_for(req.uri().path());
+        let route = self.route_for(parts.uri.path());
         let mut resp = match route {
             _ if self.targets.is_empty() => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "colorproxy: no backend is configured\n".into(),
             ),
             // Not an open proxy: nothing is tunnelled to a host the client names.
-            _ if req.method() == hyper::Method::CONNECT => {
+            _ if parts.method == hyper::Method::CONNECT => {
                 let mut resp = text(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "colorproxy: CONNECT is not supported\n".into(),
@@ -312,12 +322,15 @@ impl Proxy {
             }
             None => text(
                 StatusCode::NOT_FOUND,
-                format!("colorproxy: no route for {}\n", req.uri().path()),
+                format!("colorproxy: no route for {}\n", parts.uri.path()),
             ),
             Some(route) => {
-                let upgrade = upgrade_protocol(&req);
-                let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-                let (parts, body) = req.into_parts();
+                let upgrade = upgrade_protocol(&parts);
+                // What `hyper::upgrade::on` takes from a request, taken from its parts.
+                let client_upgrade = upgrade
+                    .is_some()
+                    .then(|| parts.extensions.remove::<OnUpgrade>())
+                    .flatten();
                 // Before any upstream is picked: a slow or broken body is the client's alone.
                 match buffering::read_request(
                     body,
@@ -970,13 +983,13 @@ fn needs_discovery(color: &Color) -> bool {
 
 /// The protocol of an HTTP/1.1 upgrade request (WebSocket), the one case where `Upgrade` and
 /// `Connection` must reach the upstream.
-fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
-    if req.version() != Version::HTTP_11 {
+fn upgrade_protocol(req: &Parts) -> Option<HeaderValue> {
+    if req.version != Version::HTTP_11 {
         return None;
     }
     // `Upgrade` first: most requests have none, and then `Connection` is not read.
-    let protocol = req.headers().get(header::UPGRADE)?;
-    connection_has(req.headers(), "upgrade").then(|| protocol.clone())
+    let protocol = req.headers.get(header::UPGRADE)?;
+    connection_has(&req.headers, "upgrade").then(|| protocol.clone())
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {

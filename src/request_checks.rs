@@ -9,8 +9,9 @@
 
 use std::fmt;
 
+use hyper::Version;
 use hyper::header::{self, HeaderValue};
-use hyper::{Request, Version};
+use hyper::http::request::Parts;
 
 /// Why a request is refused before routing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,10 +36,10 @@ impl fmt::Display for Rejection {
 
 /// Checks the request head. HTTP/2 names the host in `:authority`, and HTTP/1.0 predates
 /// `Host`: both may come without one.
-pub fn check<B>(req: &Request<B>) -> Result<(), Rejection> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
+pub fn check(req: &Parts) -> Result<(), Rejection> {
+    let mut hosts = req.headers.get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
-        (None, _) if req.version() == Version::HTTP_11 => Err(Rejection::MissingHost),
+        (None, _) if req.version == Version::HTTP_11 => Err(Rejection::MissingHost),
         (None, _) => Ok(()),
         (Some(_), Some(_)) => Err(Rejection::DuplicateHost),
         (Some(host), None) if valid_host(host) => Ok(()),
@@ -121,12 +122,11 @@ pub fn closes_connection(version: Version) -> bool {
 mod tests {
     use super::*;
 
-    fn req(version: Version, hosts: &[&'static str]) -> Request<()> {
-        let mut r = Request::new(());
-        *r.version_mut() = version;
+    fn req(version: Version, hosts: &[&'static str]) -> Parts {
+        let (mut r, ()) = hyper::Request::new(()).into_parts();
+        r.version = version;
         for h in hosts {
-            r.headers_mut()
-                .append(header::HOST, HeaderValue::from_static(h));
+            r.headers.append(header::HOST, HeaderValue::from_static(h));
         }
         r
     }

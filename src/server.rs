@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use hyper::Request;
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -158,10 +160,16 @@ impl Protocols {
         };
         let client = Peer::new(peer, proxy.logs_access());
         let activity = client.activity.clone();
-        let service = service_fn(move |req| {
-            let proxy = proxy.clone();
-            let client = client.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) }
+        // Behind one reference count: a request clones one `Arc`, not the proxy and each part
+        // of the peer.
+        let shared = Arc::new((proxy, client));
+        let service = service_fn(move |req: Request<Incoming>| {
+            let shared = shared.clone();
+            let (parts, body) = req.into_parts();
+            async move {
+                let (proxy, client) = &*shared;
+                Ok::<_, Infallible>(proxy.handle(parts, body, client).await)
+            }
         });
         let io = TokioIo::new(stream);
         match protocol {
