@@ -129,11 +129,14 @@ pub async fn read_request(
 /// A response body read ahead of the client: frames at hand, and for a body that was not
 /// complete yet, a pump task that keeps reading up to the window ahead.
 pub struct ResponseAhead<E> {
-    /// A body read whole is most often one frame: it waits here, without a queue to allocate.
-    first: Option<Frame<Bytes>>,
+    /// A body read whole is most often one data frame: it waits here, without a queue to
+    /// allocate. Data only, as a frame (which may be trailers) is three times the size, and
+    /// the body is moved with every response.
+    first: Option<Bytes>,
     /// The frames after the first, in order.
     frames: VecDeque<Frame<Bytes>>,
-    pump: Option<Pump<E>>,
+    /// Boxed for the same reason: a pump comes with a task of its own.
+    pump: Option<Box<Pump<E>>>,
     _held: Reservation,
 }
 
@@ -189,8 +192,11 @@ where
         // A body that stops coming is the body's to end (see `crate::upstream::UpstreamBody`).
         while let Some(frame) = body.frame().await {
             let frame = frame?;
-            if first.is_none() {
-                first = Some(frame);
+            if first.is_none() && frames.is_empty() {
+                match frame.into_data() {
+                    Ok(data) => first = Some(data),
+                    Err(frame) => frames.push_back(frame),
+                }
             } else {
                 frames.push_back(frame);
             }
@@ -223,11 +229,11 @@ where
     Ok(ResponseRead::Ahead(ResponseAhead {
         first: None,
         frames: VecDeque::new(),
-        pump: Some(Pump {
+        pump: Some(Box::new(Pump {
             rx,
             window,
             window_size,
-        }),
+        })),
         _held: held,
     }))
 }
@@ -280,7 +286,12 @@ impl<E> Body for ResponseAhead<E> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, E>>> {
         let this = self.get_mut();
-        if let Some(frame) = this.first.take().or_else(|| this.frames.pop_front()) {
+        if let Some(frame) = this
+            .first
+            .take()
+            .map(Frame::data)
+            .or_else(|| this.frames.pop_front())
+        {
             return Poll::Ready(Some(Ok(frame)));
         }
         let Some(pump) = this.pump.as_mut() else {
@@ -313,13 +324,12 @@ impl<E> Body for ResponseAhead<E> {
     /// The frames at hand; a pumped body's length is in the upstream's `Content-Length`,
     /// which goes to the client as it is.
     fn size_hint(&self) -> SizeHint {
+        let first = self.first.as_ref().map_or(0, Bytes::len);
         let n: u64 = self
-            .first
+            .frames
             .iter()
-            .chain(&self.frames)
             .filter_map(Frame::data_ref)
-            .map(|d| d.len() as u64)
-            .sum();
+            .fold(first as u64, |n, d| n + d.len() as u64);
         if self.pump.is_some() {
             let mut hint = SizeHint::new();
             hint.set_lower(n);

@@ -33,8 +33,14 @@ const MAX_READ: usize = 64 * 1024;
 /// A request head buffer grown past this by one large head is not kept for the next.
 const KEPT_HEAD_BUFFER: usize = 4 * 1024;
 
-/// An open connection to an upstream, between exchanges or during one.
-pub struct Connection {
+/// An open connection to an upstream, between exchanges or during one. Its state sits in one
+/// allocation made at connect: the connection goes from the pool to a request, into its
+/// response body and back several times per request, and each hand-over moves a pointer
+/// instead of the state (112 bytes, which also made every response that carries it too
+/// large to move without a call to `memcpy`).
+pub struct Connection(Box<Open>);
+
+struct Open {
     stream: TcpStream,
     /// Bytes read and not consumed yet. Between exchanges: empty.
     buf: BytesMut,
@@ -82,29 +88,29 @@ enum BodyFail {
 
 impl Connection {
     pub fn new(stream: TcpStream) -> Connection {
-        Connection {
+        Connection(Box::new(Open {
             stream,
             buf: BytesMut::new(),
             head: Vec::new(),
             next_read: FIRST_READ,
             timer: None,
-        }
+        }))
     }
 
     /// Whether an idle connection is still usable: not closed by the upstream, and nothing
     /// arrived that nobody asked for. Never blocks.
     pub fn is_usable(&self) -> bool {
-        if !self.buf.is_empty() {
+        if !self.0.buf.is_empty() {
             return false;
         }
         let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        matches!(self.0.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Resolves once the upstream has sent something (or closed).
     #[cfg(test)]
     pub async fn readable(&self) -> io::Result<()> {
-        self.stream.readable().await
+        self.0.stream.readable().await
     }
 
     /// Sends one request and reads its response head; the body follows through the returned
@@ -132,7 +138,7 @@ impl Connection {
         B::Error: fmt::Display,
     {
         let body_len = (!body.is_end_stream()).then(|| body.size_hint().exact());
-        let framing = head::encode_request(&mut self.head, method, target, fields, body_len);
+        let framing = head::encode_request(&mut self.0.head, method, target, fields, body_len);
         // A first frame at hand goes out with the head, in one write.
         let first = match framing {
             RequestFraming::None => None,
@@ -146,13 +152,13 @@ impl Connection {
         let wrote = AtomicBool::new(false);
         let body_intact = first.is_none();
         let (head, sent) = {
-            let Connection {
+            let Open {
                 stream,
                 buf,
                 head: head_buf,
                 next_read,
                 timer,
-            } = &mut self;
+            } = &mut *self.0;
             let (mut rd, mut wr) = stream.split();
             let sending = send_body(&mut wr, head_buf, body, framing, first, &wrote);
             tokio::pin!(sending);
@@ -441,8 +447,9 @@ pub struct ResponseBody {
     reusable: bool,
     upgrade: bool,
     /// An error found while frames read before it may still be on their way out: it is
-    /// reported on the next poll, after the poller had a chance to flush them.
-    failed: Option<Error>,
+    /// reported on the next poll, after the poller had a chance to flush them. Boxed: it is
+    /// rare, and the body is moved with every response.
+    failed: Option<Box<Error>>,
 }
 
 impl ResponseBody {
@@ -450,10 +457,11 @@ impl ResponseBody {
     /// read, nothing after it, and keep-alive allowing it.
     pub fn take_reusable(&mut self) -> Option<Connection> {
         let conn = self.conn.as_ref()?;
-        if !(self.reusable && self.decoder.is_done() && conn.buf.is_empty()) {
+        if !(self.reusable && self.decoder.is_done() && conn.0.buf.is_empty()) {
             return None;
         }
-        let mut conn = self.conn.take()?;
+        let mut taken = self.conn.take()?;
+        let conn = &mut *taken.0;
         // The read buffer is reused in place once this response's frames are gone; one that
         // grew for a large body is let go, so that an idle connection holds little.
         if conn.next_read > FIRST_READ {
@@ -463,7 +471,7 @@ impl ResponseBody {
         if conn.head.capacity() > KEPT_HEAD_BUFFER {
             conn.head = Vec::new();
         }
-        Some(conn)
+        Some(taken)
     }
 
     /// The socket after a `101 Switching Protocols`, with what the upstream sent after it.
@@ -471,7 +479,7 @@ impl ResponseBody {
         if !self.upgrade {
             return None;
         }
-        let conn = self.conn.take()?;
+        let conn = *self.conn.take()?.0;
         Some(Upgraded {
             stream: conn.stream,
             read_ahead: conn.buf.freeze(),
@@ -488,7 +496,7 @@ impl ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         self.conn = None;
         self.reusable = false;
-        self.failed = Some(e);
+        self.failed = Some(Box::new(e));
         cx.waker().wake_by_ref();
         Poll::Pending
     }
@@ -504,13 +512,13 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let this = self.get_mut();
         if let Some(e) = this.failed.take() {
-            return Poll::Ready(Some(Err(e)));
+            return Poll::Ready(Some(Err(*e)));
         }
         loop {
             if this.decoder.is_done() {
                 return Poll::Ready(None);
             }
-            let Some(conn) = this.conn.as_mut() else {
+            let Some(Connection(conn)) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
             match this.decoder.decode(&mut conn.buf) {
