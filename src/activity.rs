@@ -41,6 +41,11 @@ impl Activity {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Whether a request is in flight: its client leaving now drops it.
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) > 0
+    }
+
     /// When the connection will have been idle for `limit`: `None` while a request is in
     /// flight. Idle means no complete request head since the last exchange ended, or since
     /// the connection was accepted.

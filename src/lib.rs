@@ -12,6 +12,7 @@ pub mod balancer;
 pub mod blame;
 pub mod budget;
 pub mod buffering;
+pub mod client_socket;
 pub mod codec;
 pub mod config;
 pub mod delivery;

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::activity::Activity;
+use crate::client_socket::{ClientSocket, Watch};
 use crate::proxy::{Peer, Proxy};
 
 /// A client gets this long to send a request head; slow-loris connections are cut after it.
@@ -125,6 +126,9 @@ impl Protocols {
             // The connection's own idle timer does this job (see `until_drained`), without a
             // timer per request.
             .header_read_timeout(None)
+            // No read-ahead while a request is in flight: the connection's driver watches for
+            // the client leaving instead (see `crate::client_socket`).
+            .half_close(true)
             // The size check of the buffer alone misses a head that arrives whole.
             .max_header_size(MAX_HEADER_BYTES)
             .max_buf_size(MAX_HEADER_BYTES);
@@ -171,14 +175,18 @@ impl Protocols {
                 Ok::<_, Infallible>(proxy.handle(parts, body, client).await)
             }
         });
-        let io = TokioIo::new(stream);
         match protocol {
             Protocol::Http1 => {
+                let socket = ClientSocket::new(stream);
+                let io = TokioIo::new(socket.clone());
                 let conn = self.http1.serve_connection(io, service).with_upgrades();
-                until_drained(conn, draining, Some(&activity), |c| c.graceful_shutdown()).await
+                let watched = Some((&*activity, &socket));
+                until_drained(conn, draining, watched, |c| c.graceful_shutdown()).await
             }
             // Boxed: HTTP/2 is the rare case here, and its state would double every task.
+            // A client's stream resets and `GOAWAY` tell hyper when its requests are gone.
             Protocol::Http2 => {
+                let io = TokioIo::new(stream);
                 let conn = Box::pin(self.http2.serve_connection(io, service));
                 until_drained(conn, draining, None, |c| {
                     c.get_mut().as_mut().graceful_shutdown()
@@ -218,9 +226,12 @@ async fn sniff(stream: &TcpStream) -> io::Result<Option<Protocol>> {
 
 /// Drives a connection to its end, asking it to finish gracefully once the drain starts:
 /// in-flight requests complete, idle keep-alive connections close at once.
-/// With `idle`: an HTTP/1 connection with no request in flight and no complete request head
-/// for HEADER_READ_TIMEOUT is closed (a slowloris client, or a keep-alive connection nobody
-/// uses). Its one timer is looked at when it fires: no per-request timer.
+/// With `http1` (its activity and socket): an HTTP/1 connection with no request in flight and
+/// no complete request head for HEADER_READ_TIMEOUT is closed (a slowloris client, or a
+/// keep-alive connection nobody uses). Its one timer is looked at when it fires: no
+/// per-request timer. And while a request is in flight, a client that leaves (closes, resets,
+/// or half-closes as nginx counts it) ends the connection and drops the request, whose
+/// exchange then logs 499.
 ///
 /// The connection is polled at every wake-up (twice per request: the request, then the
 /// upstream's answer); the drain signal and the timer only when one of them woke the task:
@@ -228,7 +239,7 @@ async fn sniff(stream: &TcpStream) -> io::Result<Option<Protocol>> {
 async fn until_drained<C>(
     conn: C,
     mut draining: watch::Receiver<()>,
-    idle: Option<&Activity>,
+    http1: Option<(&Activity, &ClientSocket)>,
     graceful_shutdown: impl FnOnce(Pin<&mut C>),
 ) -> Result<(), hyper::Error>
 where
@@ -242,9 +253,23 @@ where
     let raised = Arc::new(Raised::default());
     let side = Waker::from(raised.clone());
     let mut known: Option<Waker> = None;
+    let mut seen = None;
     let ended = std::future::poll_fn(|cx| {
         if let Poll::Ready(done) = conn.as_mut().poll(cx) {
             return Poll::Ready(Some(done));
+        }
+        // With the task's own waker, as hyper's reads of the same socket (one waker slot).
+        if let Some((activity, socket)) = http1
+            && activity.in_flight()
+        {
+            match socket.poll_left(cx, seen) {
+                Poll::Ready(Watch::Left) => {
+                    debug!("the client left while its request was in flight");
+                    return Poll::Ready(Some(Ok(())));
+                }
+                Poll::Ready(Watch::Sent(reads)) => seen = Some(reads),
+                Poll::Pending => {}
+            }
         }
         // The task's waker is always the same one in practice: compared here without a lock.
         let fresh = !known.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
@@ -258,7 +283,7 @@ where
         if changed.as_mut().poll(&mut side_cx).is_ready() {
             return Poll::Ready(None);
         }
-        let Some(activity) = idle else {
+        let Some((activity, _)) = http1 else {
             return Poll::Pending;
         };
         while timer.as_mut().poll(&mut side_cx).is_ready() {
