@@ -608,6 +608,49 @@ async fn a_client_that_half_closes_while_the_upstream_thinks_counts_as_gone_too(
     a_client_that_leaves_while_the_upstream_thinks(true).await;
 }
 
+/// A client gone while its response still streams (the upstream sent a first chunk, then
+/// thinks): the upstream's connection is let go at once, as when the client leaves before the
+/// head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_while_its_response_streams_lets_the_upstream_go() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (dropped, dropped_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_request(&mut s).await.expect("a request");
+        s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+            .await
+            .unwrap();
+        let mut rest = [0u8; 64];
+        let eof = tokio::time::timeout(TIMEOUT, s.read(&mut rest)).await;
+        let _ = dropped.send(matches!(eof, Ok(Ok(0)) | Ok(Err(_))));
+    });
+    let url = format!("http://{upstream}");
+    let proxy = ProxyProcess::start(&[("BLUE", &url)]);
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /stream HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(TIMEOUT, async {
+        while !String::from_utf8_lossy(&got).contains("first") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the first chunk: {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the first chunk arrives");
+    drop(s);
+    let dropped = tokio::time::timeout(TIMEOUT * 2, dropped_rx).await;
+    assert!(
+        matches!(dropped, Ok(Ok(true))),
+        "the upstream connection stayed open after the client left: {dropped:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_pipelined_behind_one_in_flight_is_answered_after_it() {
     let app = Backend::echo("blue").await;
