@@ -21,6 +21,7 @@ use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::HeaderMap;
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::activity::BodyReading;
 use crate::blame::ClientFault;
 use crate::budget::{Budget, Reservation};
 use crate::spill::{Spill, Spilled};
@@ -38,6 +39,8 @@ pub struct Partial {
     pub prefix: VecDeque<Bytes>,
     pub rest: Incoming,
     _held: Reservation,
+    /// Dropped with the rest: once the body ended (or failed), or was abandoned.
+    _reading: BodyReading,
 }
 
 /// A request body as it stands once read ahead.
@@ -56,12 +59,14 @@ pub struct Ahead<T> {
 
 /// Reads up to `limit` bytes of a request body within `timeout`. A body that ends within the
 /// limit is complete; a longer one (or one the budget has no room for) streams after its
-/// first bytes. `limit` 0 streams at once.
+/// first bytes. `limit` 0 streams at once. `reading` is made for a body to read, and kept
+/// with its rest.
 pub async fn read_request(
     mut body: Incoming,
     limit: u64,
     timeout: Duration,
     budget: &Arc<Budget>,
+    reading: impl FnOnce() -> BodyReading,
 ) -> Result<Ahead<RequestAhead>, ClientFault> {
     if body.is_end_stream() {
         return Ok(Ahead {
@@ -69,6 +74,7 @@ pub async fn read_request(
             overflowed: false,
         });
     }
+    let reading = reading();
     let mut held = Reservation::new(budget);
     let mut chunks = Vec::new();
     let mut len = 0u64;
@@ -121,6 +127,7 @@ pub async fn read_request(
             prefix: chunks.into(),
             rest: body,
             _held: held,
+            _reading: reading,
         })),
         overflowed,
     })

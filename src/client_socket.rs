@@ -49,7 +49,10 @@ impl ClientSocket {
     /// Whether the client left. `Pending` (the task woken when that changes) while it neither
     /// sends nor closes. `seen`: the [`Watch::Sent`] of the last look, if any; while hyper
     /// has not read since, the bytes are still those and the socket is not asked again (no
-    /// system call per wake-up while a body waits for its upstream).
+    /// system call per wake-up for a pipelined request that waits its turn).
+    ///
+    /// For a request whose body hyper has read whole (until then, the client leaving is for
+    /// hyper's read to see, as a broken body): bytes hyper holds unread are not in the socket.
     pub fn poll_left(&self, cx: &mut Context<'_>, seen: Option<u64>) -> Poll<Watch> {
         let reads = self.0.reads.load(Ordering::Relaxed);
         if seen == Some(reads) {

@@ -284,22 +284,23 @@ impl Proxy {
         }
     }
 
-    /// The request comes in parts: its future then holds the head once, where a `Request`
-    /// taken apart inside would be held twice.
+    /// The request comes in parts, borrowed from the caller's future: this future then holds
+    /// no copy of the head (a `Request` taken apart inside held it twice, and an owned `Parts`
+    /// is moved once more as the future starts).
     pub async fn handle(
         &self,
-        mut parts: Parts,
+        parts: &mut Parts,
         body: Incoming,
         peer: &Peer,
     ) -> Response<ProxyBody> {
         let exchange = Exchange::begin(
             &self.metrics,
-            &parts,
+            parts,
             peer.logged_as.as_ref(),
             &peer.activity,
         );
         // Before anything else: the client's fault, so no color is chosen or blamed.
-        if let Err(why) = request_checks::check(&parts) {
+        if let Err(why) = request_checks::check(parts) {
             return exchange.respond(rejection(why, parts.version));
         }
         let route = self.route_for(parts.uri.path());
@@ -325,7 +326,7 @@ impl Proxy {
                 format!("colorproxy: no route for {}\n", parts.uri.path()),
             ),
             Some(route) => {
-                let upgrade = upgrade_protocol(&parts);
+                let upgrade = upgrade_protocol(parts);
                 // What `hyper::upgrade::on` takes from a request, taken from its parts.
                 let client_upgrade = upgrade
                     .is_some()
@@ -337,17 +338,18 @@ impl Proxy {
                     self.request_buffer,
                     self.body_timeout,
                     &self.budget,
+                    || peer.activity.body_reading(),
                 )
                 .await
                 {
-                    Err(fault) => self.client_fault(&fault, &parts),
+                    Err(fault) => self.client_fault(&fault, parts),
                     Ok(ahead) => {
                         if ahead.overflowed {
                             self.metrics.buffer_overflow("request");
                         }
                         let choice = self.choose(route, &parts.headers);
                         let sent = Sent {
-                            parts: &parts,
+                            parts,
                             upgrade: upgrade.as_ref(),
                             client_upgrade,
                             peer,

@@ -169,10 +169,10 @@ impl Protocols {
         let shared = Arc::new((proxy, client));
         let service = service_fn(move |req: Request<Incoming>| {
             let shared = shared.clone();
-            let (parts, body) = req.into_parts();
+            let (mut parts, body) = req.into_parts();
             async move {
                 let (proxy, client) = &*shared;
-                Ok::<_, Infallible>(proxy.handle(parts, body, client).await)
+                Ok::<_, Infallible>(proxy.handle(&mut parts, body, client).await)
             }
         });
         match protocol {
@@ -260,7 +260,7 @@ where
         }
         // With the task's own waker, as hyper's reads of the same socket (one waker slot).
         if let Some((activity, socket)) = http1
-            && activity.in_flight()
+            && activity.awaits_response()
         {
             match socket.poll_left(cx, seen) {
                 Poll::Ready(Watch::Left) => {

@@ -563,13 +563,19 @@ async fn thinking_upstream() -> (
 /// once (nginx's 499), and neither the upstream nor the color is blamed. `half_close`: the
 /// client only shuts down its sending side (a FIN, the socket kept open for reading).
 async fn a_client_that_leaves_while_the_upstream_thinks(half_close: bool) {
+    let request: &[u8] = b"GET /think HTTP/1.1\r\nHost: app\r\n\r\n";
+    a_client_that_leaves_after(request, &[], half_close).await;
+}
+
+/// The same after `request`, with the proxy's `env` besides BLUE.
+async fn a_client_that_leaves_after(request: &[u8], env: &[(&str, &str)], half_close: bool) {
     let (upstream, heard, dropped) = thinking_upstream().await;
     let url = format!("http://{upstream}");
-    let mut proxy = ProxyProcess::start(&[("BLUE", &url)]);
+    let mut vars = vec![("BLUE", url.as_str())];
+    vars.extend_from_slice(env);
+    let mut proxy = ProxyProcess::start(&vars);
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(b"GET /think HTTP/1.1\r\nHost: app\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(request).await.unwrap();
     tokio::time::timeout(TIMEOUT, heard)
         .await
         .expect("the upstream gets the request")
@@ -606,6 +612,14 @@ async fn a_client_that_closes_while_the_upstream_thinks_is_logged_499_and_its_re
 async fn a_client_that_half_closes_while_the_upstream_thinks_counts_as_gone_too() {
     // As nginx has it: a FIN in the middle of an exchange is a client that left.
     a_client_that_leaves_while_the_upstream_thinks(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_after_streaming_its_whole_body_is_seen_leaving_too() {
+    // REQUEST_BUFFER=0: the body streams to the upstream as it comes; once it has all gone,
+    // the client leaving is watched for as after a bodiless request.
+    let request = b"POST /think HTTP/1.1\r\nHost: app\r\nContent-Length: 10\r\n\r\n0123456789";
+    a_client_that_leaves_after(request, &[("REQUEST_BUFFER", "0")], false).await;
 }
 
 /// A client gone while its response still streams (the upstream sent a first chunk, then
