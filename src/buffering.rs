@@ -21,7 +21,7 @@ use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::HeaderMap;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::activity::BodyReading;
+use crate::activity::{Activity, BodyReading};
 use crate::blame::ClientFault;
 use crate::budget::{Budget, Reservation};
 use crate::spill::{Spill, Spilled};
@@ -59,14 +59,14 @@ pub struct Ahead<T> {
 
 /// Reads up to `limit` bytes of a request body within `timeout`. A body that ends within the
 /// limit is complete; a longer one (or one the budget has no room for) streams after its
-/// first bytes. `limit` 0 streams at once. `reading` is made for a body to read, and kept
-/// with its rest.
+/// first bytes. `limit` 0 streams at once. `activity`: the client connection's, told while
+/// the body is still read (see [`Activity::body_reading`]).
 pub async fn read_request(
     mut body: Incoming,
     limit: u64,
     timeout: Duration,
     budget: &Arc<Budget>,
-    reading: impl FnOnce() -> BodyReading,
+    activity: &Arc<Activity>,
 ) -> Result<Ahead<RequestAhead>, ClientFault> {
     if body.is_end_stream() {
         return Ok(Ahead {
@@ -74,7 +74,7 @@ pub async fn read_request(
             overflowed: false,
         });
     }
-    let reading = reading();
+    let reading = activity.body_reading();
     let mut held = Reservation::new(budget);
     let mut chunks = Vec::new();
     let mut len = 0u64;

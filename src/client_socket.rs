@@ -68,28 +68,28 @@ impl ClientSocket {
 }
 
 /// Reads and writes as tokio's own `TcpStream` does, through its `&self` methods: an
-/// operation that moves fewer bytes than asked shows the socket drained (or full), so its
+/// operation that moves fewer bytes than the `asked` shows the socket drained (or full), so its
 /// readiness is cleared at once rather than by a system call that would block. The readiness
 /// cleared is the one seen before the operation (the outer `try_io`), so bytes that arrive in
 /// between still wake the task.
-fn partial<R>(
+fn partial(
     stream: &TcpStream,
     interest: Interest,
-    op: impl FnOnce() -> io::Result<(usize, usize, R)>,
-) -> io::Result<R> {
+    asked: usize,
+    op: impl FnOnce() -> io::Result<usize>,
+) -> io::Result<usize> {
     let mut done = None;
     let tried = stream.try_io(interest, || {
-        let (n, asked, r) = op()?;
-        let drained = n > 0 && n < asked;
-        done = Some(r);
-        if drained {
+        let n = op()?;
+        done = Some(n);
+        if n > 0 && n < asked {
             Err(io::ErrorKind::WouldBlock.into())
         } else {
             Ok(())
         }
     });
     match done {
-        Some(r) => Ok(r),
+        Some(n) => Ok(n),
         // `tried` is the operation's error (an `Ok` here would only mean: try again).
         None => tried.and(Err(io::ErrorKind::WouldBlock.into())),
     }
@@ -105,9 +105,8 @@ impl AsyncRead for ClientSocket {
         loop {
             ready!(shared.stream.poll_read_ready(cx))?;
             let asked = buf.remaining();
-            let read = partial(&shared.stream, Interest::READABLE, || {
-                let n = shared.stream.try_read_buf(buf)?;
-                Ok((n, asked, n))
+            let read = partial(&shared.stream, Interest::READABLE, asked, || {
+                shared.stream.try_read_buf(buf)
             });
             match read {
                 Ok(n) => {
@@ -129,18 +128,7 @@ impl AsyncWrite for ClientSocket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let stream = &self.0.stream;
-        loop {
-            ready!(stream.poll_write_ready(cx))?;
-            let wrote = partial(stream, Interest::WRITABLE, || {
-                let n = stream.try_write(buf)?;
-                Ok((n, buf.len(), n))
-            });
-            match wrote {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                done => return Poll::Ready(done),
-            }
-        }
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -152,11 +140,9 @@ impl AsyncWrite for ClientSocket {
         let asked = bufs.iter().map(|b| b.len()).sum();
         loop {
             ready!(stream.poll_write_ready(cx))?;
-            let wrote = partial(stream, Interest::WRITABLE, || {
-                let n = stream.try_write_vectored(bufs)?;
-                Ok((n, asked, n))
-            });
-            match wrote {
+            match partial(stream, Interest::WRITABLE, asked, || {
+                stream.try_write_vectored(bufs)
+            }) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 done => return Poll::Ready(done),
             }

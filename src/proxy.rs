@@ -338,7 +338,7 @@ impl Proxy {
                     self.request_buffer,
                     self.body_timeout,
                     &self.budget,
-                    || peer.activity.body_reading(),
+                    &peer.activity,
                 )
                 .await
                 {
