@@ -20,6 +20,7 @@ use crate::access_log;
 use crate::activity::Activity;
 use crate::blame::{CLIENT_CLOSED, ClientFault};
 use crate::buffering::{Buffered, Partial};
+use crate::clock;
 use crate::endpoints::{Endpoint, InFlight};
 use crate::metrics::{Metrics, NO_COLOR};
 
@@ -64,7 +65,7 @@ impl Exchange {
         Arc::new(Exchange {
             metrics: metrics.clone(),
             logged: logged_as.map(|client| (req.method.clone(), req.uri.clone(), client.clone())),
-            start: Instant::now(),
+            start: clock::now(),
             activity: activity.clone(),
             color: AtomicUsize::new(usize::MAX),
             endpoint: Mutex::new(None),
@@ -136,7 +137,10 @@ impl Exchange {
         resp: hyper::Response<B>,
     ) -> hyper::Response<ResponseBody<B>> {
         self.status.store(resp.status().as_u16(), Ordering::Relaxed);
-        let headers = self.start.elapsed().as_micros().max(1) as u64;
+        let headers = clock::now()
+            .saturating_duration_since(self.start)
+            .as_micros()
+            .max(1) as u64;
         self.headers_us.store(headers, Ordering::Relaxed);
         resp.map(|inner| ResponseBody {
             inner,
@@ -147,7 +151,7 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        let now = Instant::now();
+        let now = clock::now();
         self.activity.end(now);
         let elapsed = now.saturating_duration_since(self.start);
         let status = match self.status.load(Ordering::Relaxed) {

@@ -13,6 +13,7 @@ pub mod blame;
 pub mod budget;
 pub mod buffering;
 pub mod client_socket;
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod delivery;

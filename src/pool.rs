@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::clock;
 use crate::codec::Connection;
 
 /// Idle upstream connections are closed well before IPVS forgets them (900 s) and before
@@ -99,7 +100,7 @@ impl Pool {
     }
 
     fn give(&self, mut conn: Connection, answered: bool) {
-        let since = Instant::now();
+        let since = clock::now();
         let mut inner = self.inner.lock().expect("pool lock");
         if answered {
             inner.last_checkin = Some(since);

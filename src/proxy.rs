@@ -23,6 +23,7 @@ use crate::balancer::{Balancer, RouteBalancer};
 use crate::blame::ClientFault;
 use crate::budget::{self, Budget};
 use crate::buffering::{self, RequestAhead, ResponseAhead, ResponseRead};
+use crate::clock;
 use crate::codec::head::{Fields, is_hop_by_hop};
 use crate::codec::{self, Upgraded};
 use crate::config::{BUCKETS, Color, Config, Discovery, Sticky};
@@ -572,7 +573,7 @@ impl Proxy {
             exchange.attempt(color, None);
             return self.no_endpoint(&self.targets[color]);
         };
-        let started = std::time::Instant::now();
+        let started = clock::now();
         let mut attempts = 0;
         // Endpoints that failed this request: never tried for it again.
         let mut failed: Vec<Authority> = Vec::new();

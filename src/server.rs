@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::activity::Activity;
 use crate::client_socket::{ClientSocket, Watch};
+use crate::clock::PollClock;
 use crate::proxy::{Peer, Proxy};
 
 /// A client gets this long to send a request head; slow-loris connections are cut after it.
@@ -255,6 +256,8 @@ where
     let mut known: Option<Waker> = None;
     let mut seen = None;
     let ended = std::future::poll_fn(|cx| {
+        // Every timestamp the poll's requests take is this one (see `crate::clock`).
+        let _clock = PollClock::start();
         if let Poll::Ready(done) = conn.as_mut().poll(cx) {
             return Poll::Ready(Some(done));
         }

@@ -26,6 +26,7 @@ use tokio::time::{Instant, Sleep};
 use super::Error;
 use super::body::{Decoded, Decoder, Framing};
 use super::head::{self, Fields, RequestFraming};
+use crate::clock;
 
 /// Reads start at this size and double, up to [`MAX_READ`], while they fill what they get.
 const FIRST_READ: usize = 8 * 1024;
@@ -184,7 +185,8 @@ impl Connection {
                 }
                 reserve(buf, next_read);
                 let read = if sent || write_failed.is_some() {
-                    let deadline = *due.get_or_insert_with(|| Instant::now() + head_timeout);
+                    let deadline =
+                        *due.get_or_insert_with(|| Instant::from_std(clock::now()) + head_timeout);
                     let mut timer = arm(timer, deadline);
                     tokio::select! {
                         biased;
