@@ -383,6 +383,46 @@ async fn text_access_lines_carry_every_field() {
     );
 }
 
+/// The clock is read once per wake-up of a connection's task (`src/clock.rs`): a request
+/// whose upstream thinks is still timed from its start to its end, on every request of a
+/// keep-alive connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_lines_time_the_upstream_s_wait_on_every_request_of_a_connection() {
+    let think = Duration::from_millis(150);
+    let slow = Backend::start(move |_req: Request<Incoming>| async move {
+        tokio::time::sleep(think).await;
+        hyper::Response::new(Full::new(Bytes::from("done")))
+    })
+    .await;
+    let mut proxy = ProxyProcess::start(&[("BLUE", &slow.url())]);
+    let client = client();
+    let mut peers = Vec::new();
+    for path in ["/first", "/second"] {
+        let started = Instant::now();
+        assert_eq!(get(&client, &proxy.url(path)).await.status, 200);
+        let took = started.elapsed().as_secs_f64() * 1000.0;
+        let line = proxy.wait_for_log(&format!("path={path} "));
+        let ms = line
+            .split(' ')
+            .find_map(|f| f.strip_prefix("duration_ms="))
+            .and_then(|ms| ms.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!(
+            ms >= 150.0 && ms <= took,
+            "{ms} ms, the client saw {took} ms: {line}"
+        );
+        peers.push(
+            line.split(' ')
+                .find(|f| f.starts_with("client="))
+                .map(str::to_owned),
+        );
+    }
+    assert_eq!(
+        peers[0], peers[1],
+        "both requests came on one client connection"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_log_can_silence_access_lines() {
     let blue = Backend::echo("blue").await;
