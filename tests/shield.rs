@@ -382,8 +382,8 @@ async fn a_chunked_response_larger_than_the_buffer_goes_to_disk_for_a_client_tha
 
 /// More than the four sockets between app, proxy and client hold with each at its autotuning
 /// ceiling (the third field of tcp_rmem or tcp_wmem), plus RESPONSE_BUFFER and a margin. Read off
-/// this kernel rather than assumed: a kernel that fills its receive buffers with payload (6.x
-/// does, where older ones kept half for overhead) holds all of 48 MiB at Debian's ceilings.
+/// this kernel rather than assumed: at Debian's ceilings (32 MiB and 4 MiB) the four can hold
+/// 72 MiB, and one CI machine took all of a 48 MiB body.
 fn more_than_the_sockets_hold() -> usize {
     let ceiling = |knob: &str| -> usize {
         let path = format!("/proc/sys/net/ipv4/{knob}");
