@@ -31,7 +31,9 @@
 # (at most twice, within the RETRIES budget). CPU per request is the figure least disturbed.
 #
 # Installs nginx, haproxy, wrk and socat from Debian when missing (needs root). Prints a table per
-# kind of upstream, ratios and PASS/FAIL lines for the targets of issue #14, and writes the
+# kind of upstream, ratios (of the medians, and beside them the lowest and highest ratio of the
+# rounds, each round's targets measured minutes apart) and PASS/FAIL lines for the targets of
+# issue #14, and writes the
 # medians to target/bench/results.txt (whitespace-separated) and target/bench/results.md
 # (Markdown tables for the README).
 # Exit status: 0 whatever the PASS/FAIL lines say (with --strict: 1 if any says FAIL); 2 when the
@@ -648,6 +650,15 @@ for t in "${targets[@]}"; do
   }
 done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b == 0) print "nan"; else printf "%.2f", a / b}'; }
+# The lowest and highest of the per-round ratios of two targets' samples (each list in round
+# order, both measured within minutes of each other in every round): how far this machine moved
+# the comparison during the run. A verdict whose spread straddles 1.0 is the noise's, not the code's.
+spread() { # samples of a, samples of b
+  awk -v a="$1" -v b="$2" 'BEGIN {
+    n = split(a, x, " "); split(b, y, " "); lo = ""; hi = ""
+    for (i = 1; i <= n; i++) if (y[i] > 0) { r = x[i] / y[i]; if (lo == "" || r < lo) lo = r; if (hi == "" || r > hi) hi = r }
+    if (lo == "") print "nan"; else printf "%.2f-%.2f", lo, hi }'
+}
 pct() { awk -v a="$1" -v b="$2" 'BEGIN {if (b == 0) print "nan"; else printf "%+.1f%%", (a / b - 1) * 100}'; }
 
 table() { # kind
@@ -677,9 +688,12 @@ for k in "${kinds[@]}"; do
   for log in "" +log; do
     for base in nginx haproxy; do
       a=$k/colorproxy$log b=$k/$base$log
-      printf '   %-8s colorproxy%-4s vs %-12s req/s %sx   CPU/request %sx   p99 %sx   p50 %sx\n' "$k" "$log" "$base$log" \
-        "$(ratio "${rps[$a]}" "${rps[$b]}")" "$(ratio "${cpu[$a]}" "${cpu[$b]}")" \
-        "$(ratio "${p99[$a]}" "${p99[$b]}")" "$(ratio "${p50[$a]}" "${p50[$b]}")"
+      printf '   %-8s colorproxy%-4s vs %-12s req/s %sx (rounds %s)   CPU/request %sx (%s)   p99 %sx (%s)   p50 %sx\n' \
+        "$k" "$log" "$base$log" \
+        "$(ratio "${rps[$a]}" "${rps[$b]}")" "$(spread "${m_rps[$a]}" "${m_rps[$b]}")" \
+        "$(ratio "${cpu[$a]}" "${cpu[$b]}")" "$(spread "${m_cpu[$a]}" "${m_cpu[$b]}")" \
+        "$(ratio "${p99[$a]}" "${p99[$b]}")" "$(spread "${m_p99[$a]}" "${m_p99[$b]}")" \
+        "$(ratio "${p50[$a]}" "${p50[$b]}")"
     done
   done
   printf '   %-8s colorproxy     vs direct       req/s %sx of the ceiling\n' "$k" "$(ratio "${rps[$k/colorproxy]}" "${rps[$k/direct]}")"
@@ -702,9 +716,12 @@ check() { # target, description, awk condition over a and b, a, b, shown
 for k in "${kinds[@]}"; do
   for log in "" +log; do
     t=$k/colorproxy$log n=$k/nginx$log
-    check "$t" "req/s >= 1.0x nginx$log" "a >= b" "${rps[$t]}" "${rps[$n]}" "$(ratio "${rps[$t]}" "${rps[$n]}")x"
-    check "$t" "CPU per request <= 1.0x nginx$log" "a <= b" "${cpu[$t]}" "${cpu[$n]}" "$(ratio "${cpu[$t]}" "${cpu[$n]}")x"
-    check "$t" "p99 <= nginx$log p99" "a <= b" "${p99[$t]}" "${p99[$n]}" "${p99[$t]} ms vs ${p99[$n]} ms"
+    check "$t" "req/s >= 1.0x nginx$log" "a >= b" "${rps[$t]}" "${rps[$n]}" \
+      "$(ratio "${rps[$t]}" "${rps[$n]}")x (rounds $(spread "${m_rps[$t]}" "${m_rps[$n]}")x)"
+    check "$t" "CPU per request <= 1.0x nginx$log" "a <= b" "${cpu[$t]}" "${cpu[$n]}" \
+      "$(ratio "${cpu[$t]}" "${cpu[$n]}")x (rounds $(spread "${m_cpu[$t]}" "${m_cpu[$n]}")x)"
+    check "$t" "p99 <= nginx$log p99" "a <= b" "${p99[$t]}" "${p99[$n]}" \
+      "${p99[$t]} ms vs ${p99[$n]} ms (rounds $(spread "${m_p99[$t]}" "${m_p99[$n]}")x)"
     check "$t" "peak RSS < 16 MiB at $rss_conns conns" "a < b" "${m_rss[$t]}" 16 "${m_rss[$t]} MiB"
     check "$t" "zero errors" "a == b" "${m_err[$t]}" 0 "${m_err[$t]} errors"
   done
