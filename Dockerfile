@@ -3,7 +3,10 @@
 #   docker build -t colorproxy .
 #
 # The context is the repository root: colorproxy and myapp are one Cargo workspace with one
-# Cargo.lock. .ci/run builds and checks the same static binary with the same cargo command.
+# Cargo.lock. The binary is built with profile-guided optimisation by scripts/pgo.sh, which
+# trains an instrumented build on loopback traffic through two myapp instances before the final
+# build (README, Performance); .ci/run builds and checks the same static binary with the same
+# command.
 
 FROM rust:1.95-bookworm AS build
 # glibc linked statically (the musl target is not needed): the binary runs on `scratch`.
@@ -11,22 +14,14 @@ ENV CARGO_TERM_COLOR=never \
     RUSTFLAGS="-C target-feature=+crt-static"
 ARG TARGET=x86_64-unknown-linux-gnu
 WORKDIR /src
+# llvm-profdata of rustc's own LLVM version, for the profile.
+RUN rustup component add llvm-tools
 
-# Dependencies first, built against stub sources: this layer is reused until a manifest or
-# Cargo.lock changes. myapp keeps its stub (the workspace needs the member, not its code).
 COPY Cargo.toml Cargo.lock ./
-COPY myapp/Cargo.toml myapp/
-RUN mkdir -p src myapp/src \
- && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
- && echo 'fn main() {}' > myapp/src/main.rs && touch myapp/src/lib.rs \
- && cargo build --release --locked --target "$TARGET" -p colorproxy \
- && rm -rf src
-
-# The real sources. The touch matters: the stub's build outputs are newer than the copied
-# files, and cargo would otherwise keep the stub binary.
 COPY src src
-RUN touch src/main.rs src/lib.rs \
- && cargo build --release --locked --target "$TARGET" -p colorproxy \
+COPY myapp myapp
+COPY scripts/pgo.sh scripts/need.sh scripts/
+RUN scripts/pgo.sh --target "$TARGET" \
  && cp "target/$TARGET/release/colorproxy" /colorproxy \
  && /colorproxy version | grep "^colorproxy " \
  && mkdir -p /rootfs/tmp && chmod 1777 /rootfs/tmp

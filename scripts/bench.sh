@@ -14,7 +14,9 @@
 # RSS_DURATION seconds of the 256-connection run that measures peak RSS (5), QUIET_WAIT seconds to
 # wait for a quiet machine before the first run (60), RETRIES: how many disturbed runs may be
 # repeated in all (10), NICE: the niceness decrease for everything measured, as root (10; 0: none),
-# UPSTREAMS: the tables to run ("myapp nginx200", the default, or either alone).
+# UPSTREAMS: the tables to run ("myapp nginx200", the default, or either alone), COLORPROXY: a
+# release binary to measure instead of building one (with profile-guided optimisation, as shipped:
+# scripts/pgo.sh).
 # With the defaults: about 8 minutes on a quiet machine, plus the waits and repeated runs on a
 # busy one (RETRIES x (WARMUP + DURATION + up to 30 s), QUIET_WAIT).
 #
@@ -43,7 +45,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PATH=$PATH:/usr/sbin:/sbin
 
-usage() { sed -n '11,20p' "$0" | sed 's/^# \{0,1\}//' >&2; }
+usage() { sed -n '11,22p' "$0" | sed 's/^# \{0,1\}//' >&2; }
 die() { echo "bench.sh: $*" >&2; exit 2; }
 
 strict=0
@@ -164,9 +166,11 @@ wait_http() { # url, pid, log
   exit 2
 }
 
-echo "== building colorproxy and myapp (release)"
-cargo build --release --quiet -p colorproxy -p myapp || die "cargo build failed"
+echo "== building myapp (release)"
+cargo build --release --locked --quiet -p myapp || die "cargo build failed"
 bin=$PWD/target/release
+release_binary
+colorproxy=$(realpath "$colorproxy")
 if revision=$(git rev-parse --short HEAD 2>/dev/null); then
   git diff --quiet HEAD -- src myapp Cargo.toml Cargo.lock 2>/dev/null || revision+=+modified
 else
@@ -285,7 +289,7 @@ start_colorproxy() { # target, kind, ACCESS_LOG
   port=$(free_port)
   if [ "$3" = on ]; then out=$work/${t//\//-}.access; access_file[$t]=$out; fi
   "${prio[@]}" taskset -c "$server_cpu" env -i PATH="$PATH" BLUE="http://${up_a[$k]}" GREEN="http://${up_b[$k]}" \
-    BLUE_WEIGHT=4 GREEN_WEIGHT=1 LISTEN="127.0.0.1:$port" ADMIN_LISTEN=off ACCESS_LOG="$3" "$bin/colorproxy" >>"$out" 2>"$log" &
+    BLUE_WEIGHT=4 GREEN_WEIGHT=1 LISTEN="127.0.0.1:$port" ADMIN_LISTEN=off ACCESS_LOG="$3" "$colorproxy" >>"$out" 2>"$log" &
   pids+=("$!")
   server_pids+=("$!")
   pidlist[$t]=$!

@@ -8,8 +8,9 @@
 #   scripts/instructions.sh
 #
 # Environment: DURATION seconds of counted load per run (6), COLORPROXY: a release binary to
-# measure instead of building one, KEEP: a directory that keeps the callgrind files (for
-# `callgrind_annotate`; build with CARGO_PROFILE_RELEASE_DEBUG=1 to see colorproxy's lines).
+# measure instead of building one with scripts/pgo.sh (as shipped), KEEP: a directory that keeps
+# the callgrind files (for `callgrind_annotate`; build with CARGO_PROFILE_RELEASE_DEBUG=1 to see
+# colorproxy's lines).
 #
 # Method: each proxy runs under `valgrind --tool=callgrind` with one worker (colorproxy pinned to
 # one CPU, so its runtime has one thread; nginx with one worker process and no master); wrk

@@ -18,12 +18,14 @@ need() {
   done
 }
 
-# `release_binary`: sets $colorproxy to $COLORPROXY, or to a release build made now.
+# `release_binary`: sets $colorproxy to $COLORPROXY, or to a release build made now the way the
+# shipped binary is built: with profile-guided optimisation (scripts/pgo.sh).
 release_binary() {
   colorproxy=${COLORPROXY:-}
   if [ -z "$colorproxy" ]; then
-    echo "== cargo build --release -p colorproxy"
-    cargo build --release --locked -p colorproxy >/dev/null 2>&1 || die "cargo build failed"
+    echo "== scripts/pgo.sh (the release build with profile-guided optimisation)"
+    scripts/pgo.sh >"${TMPDIR:-/tmp}/colorproxy-pgo.log" 2>&1 ||
+      { cat "${TMPDIR:-/tmp}/colorproxy-pgo.log" >&2; die "scripts/pgo.sh failed"; }
     colorproxy=target/release/colorproxy
   fi
   [ -x "$colorproxy" ] || die "no colorproxy binary at $colorproxy"

@@ -9,9 +9,9 @@
 #   scripts/slow-clients.sh [MODE...]         (MODE: slowloris, body, read; default all three)
 #
 # Environment: CONNS (2000), DURATION seconds of each attack (20), PROBES (3), COLORPROXY (a
-# colorproxy binary; default: cargo build --release). Installs slowhttptest, nginx and curl from
-# Debian when missing (needs root). Exit status: 0 when every proxy passed every mode, 1 when
-# one failed, 2 when the test could not be set up.
+# colorproxy binary; default: scripts/pgo.sh, the release build as shipped). Installs
+# slowhttptest, nginx and curl from Debian when missing (needs root). Exit status: 0 when every
+# proxy passed every mode, 1 when one failed, 2 when the test could not be set up.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

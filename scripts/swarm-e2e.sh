@@ -48,7 +48,7 @@ die() {
 [ "$(id -u)" -eq 0 ] || die "run as root (it starts dockerd)"
 for b in colorproxy myapp; do
   [ -x "$bin/$b" ] || die "$bin/$b is missing: build it with
-  RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release --locked --target $target -p colorproxy -p myapp"
+  RUSTFLAGS=\"-C target-feature=+crt-static\" scripts/pgo.sh --target $target"
 done
 
 # ---------------------------------------------------------------------------------------------
