@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Sourced by the measuring scripts: `need TOOL...` installs from Debian each tool that is not
+# Sourced by the scripts and .ci/run. `need TOOL...` installs from Debian each tool that is not
 # on PATH (the package has the tool's name), as root, and fails through the caller's `die`
 # otherwise.
 need() {
@@ -29,4 +29,18 @@ release_binary() {
     colorproxy=target/release/colorproxy
   fi
   [ -x "$colorproxy" ] || die "no colorproxy binary at $colorproxy"
+}
+
+# `log_addr LOG TEXT PID`: waits up to 10 s for "TEXT ip:port" in LOG (myapp's and colorproxy's
+# first lines, where a port 0 choice is announced) and prints the address; prints the log and
+# returns 1 when it does not come, or PID exits first.
+log_addr() {
+  local addr
+  for _ in $(seq 100); do
+    addr=$(grep -o "$2 [0-9.:]*" "$1" | head -n1 | awk '{print $NF}') || true
+    [ -z "$addr" ] || { echo "$addr" && return 0; }
+    kill -0 "$3" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "no '$2' line in $1:" >&2 && cat "$1" >&2 && return 1
 }

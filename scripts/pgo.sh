@@ -81,24 +81,12 @@ cargo build --release --locked --quiet "${target_args[@]}" -p myapp --example lo
   die "building myapp and its load client failed"
 cargo build --release --locked --quiet "${target_args[@]}" -p myapp || die "building myapp failed"
 
-# Waits up to 10 s for "<text> ip:port" in a log and prints the address.
-log_addr() { # log, text, pid
-  local addr
-  for _ in $(seq 100); do
-    addr=$(grep -o "$2 [0-9.:]*" "$1" | head -n1 | awk '{print $NF}') || true
-    [ -z "$addr" ] || { echo "$addr" && return 0; }
-    kill -0 "$3" 2>/dev/null || break
-    sleep 0.1
-  done
-  cat "$1" >&2
-  die "no '$2' line in $1"
-}
-
 apps=()
 for v in v1 v2; do
   "$out_dir/myapp" 127.0.0.1:0 >"$work/myapp-$v.log" 2>&1 &
   pids+=($!)
-  apps+=("$(log_addr "$work/myapp-$v.log" "myapp listening on" $!)")
+  app=$(log_addr "$work/myapp-$v.log" "myapp listening on" $!) || die "myapp $v did not start"
+  apps+=("$app")
 done
 
 train() { # access log: on or off
@@ -108,8 +96,8 @@ train() { # access log: on or off
     "$gen" >"$work/proxy-$1.log" 2>&1 &
   pid=$!
   pids+=("$pid")
-  addr=$(log_addr "$work/proxy-$1.log" "listening on" "$pid")
-  admin=$(log_addr "$work/proxy-$1.log" "admin endpoints on" "$pid")
+  addr=$(log_addr "$work/proxy-$1.log" "listening on" "$pid") || die "the instrumented proxy did not start"
+  admin=$(log_addr "$work/proxy-$1.log" "admin endpoints on" "$pid") || die "no admin endpoints"
   timeout 120 "$out_dir/examples/load" "$addr" --connections 32 --rate 1000000 --requests "$requests" \
     >"$work/load-$1.txt" || { cat "$work/load-$1.txt" >&2; die "training load against $addr failed"; }
   head -c 20000 /dev/urandom >"$work/body"
