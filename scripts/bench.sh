@@ -35,9 +35,8 @@
 # Installs nginx, haproxy, wrk and socat from Debian when missing (needs root). Prints a table per
 # kind of upstream, ratios (of the medians, and beside them the lowest and highest ratio of the
 # rounds, each round's targets measured minutes apart) and PASS/FAIL lines for the targets of
-# issue #14, and writes the
-# medians to target/bench/results.txt (whitespace-separated) and target/bench/results.md
-# (Markdown tables for the README).
+# issue #14, and writes the medians to target/bench/results.txt (whitespace-separated) and
+# target/bench/results.md (Markdown tables for the README).
 # Exit status: 0 whatever the PASS/FAIL lines say (with --strict: 1 if any says FAIL); 2 when the
 # benchmark could not be set up or a run could not be measured.
 set -euo pipefail

@@ -1,11 +1,11 @@
 # shellcheck shell=bash
-# Sourced by the scripts and .ci/run. `need TOOL...` installs from Debian each tool that is not
-# on PATH (the package has the tool's name), as root, and fails through the caller's `die`
-# otherwise.
+# Sourced by the scripts and .ci/run. `need TOOL[:PACKAGE]...` installs from Debian each tool
+# that is not on PATH (from the package of the tool's name, or PACKAGE), as root, and fails
+# through the caller's `die` otherwise.
 need() {
-  local missing=() tool
+  local missing=() tools=() tool
   for tool in "$@"; do
-    command -v "$tool" >/dev/null || missing+=("$tool")
+    command -v "${tool%%:*}" >/dev/null || { missing+=("${tool#*:}") && tools+=("${tool%%:*}"); }
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   [ "$(id -u)" -eq 0 ] || die "needs ${missing[*]}: run as root to install them, or apt-get install ${missing[*]}"
@@ -13,7 +13,7 @@ need() {
   apt-get update -qq || die "apt-get update failed"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
     die "apt-get install ${missing[*]} failed"
-  for tool in "${missing[@]}"; do
+  for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || die "$tool is still missing after apt-get install"
   done
 }

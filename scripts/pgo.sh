@@ -20,7 +20,6 @@
 # root). Exit status 0, or 2 with the reason on stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$PWD
 
 die() { echo "pgo.sh: $*" >&2; exit 2; }
 
@@ -51,12 +50,9 @@ for candidate in "$(rustc --print sysroot)"/lib/rustlib/*/bin/llvm-profdata "$(c
   fi
 done
 if [ -z "$profdata" ]; then
-  no_profdata="needs llvm-profdata of LLVM $llvm (rustc's): rustup component add llvm-tools, or apt-get install llvm-$llvm"
-  [ "$(id -u)" -eq 0 ] || die "$no_profdata"
-  echo "== installing llvm-$llvm from Debian (llvm-profdata)"
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "llvm-$llvm" >/dev/null; } ||
-    die "$no_profdata (apt-get install llvm-$llvm failed)"
-  profdata=$(command -v "llvm-profdata-$llvm") || die "$no_profdata"
+  # Not root: `rustup component add llvm-tools` does as well.
+  need "llvm-profdata-$llvm:llvm-$llvm"
+  profdata=$(command -v "llvm-profdata-$llvm")
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/colorproxy-pgo.XXXXXX")
@@ -78,9 +74,8 @@ LLVM_PROFILE_FILE="$work/build-%p-%m.profraw" RUSTFLAGS="$flags -Cprofile-genera
   cargo build --release --locked --quiet --target-dir target/pgo "${target_args[@]}" -p colorproxy ||
   die "the instrumented build failed"
 gen=target/pgo/${out_dir#target/}/colorproxy
-cargo build --release --locked --quiet "${target_args[@]}" -p myapp --example load ||
+cargo build --release --locked --quiet "${target_args[@]}" -p myapp --bins --example load ||
   die "building myapp and its load client failed"
-cargo build --release --locked --quiet "${target_args[@]}" -p myapp || die "building myapp failed"
 
 apps=()
 for v in v1 v2; do
@@ -131,5 +126,5 @@ echo "== pgo: merging with $profdata, and the optimised build ($out_dir/colorpro
 "$profdata" merge -o "$work/colorproxy.profdata" "$work"/train-*.profraw || die "llvm-profdata merge failed"
 RUSTFLAGS="$flags -Cprofile-use=$work/colorproxy.profdata" \
   cargo build --release --locked --quiet "${target_args[@]}" -p colorproxy || die "the optimised build failed"
-"$repo/$out_dir/colorproxy" version >/dev/null || die "the optimised binary does not run"
+"$out_dir/colorproxy" version >/dev/null || die "the optimised binary does not run"
 echo "== pgo: $out_dir/colorproxy built with the profile"
